@@ -1,0 +1,143 @@
+"""`ponder <verb>`: subcommands generated from the typed signatures in `ponder.api`.
+
+Positional parameters of an API function become positional arguments; keyword
+parameters become `--flags` of their declared type; a `list[str]` parameter collects
+the remaining `key=value` words. The "Args:" lines of each docstring are the help text.
+Every verb that returns data also takes `--json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import typing
+from typing import Any, Callable
+
+from ponder import __version__, api
+from ponder.errors import PonderInputError
+
+VERBS: dict[str, Callable[..., Any]] = {
+    "train": api.train,
+    "eval": api.evaluate,
+    "solve": api.solve,
+    "presets": api.presets,
+}
+HIDDEN_PARAMS = {"progress"}
+
+
+def _arg_help(fn: Callable) -> dict[str, str]:
+    help_by_name, in_args = {}, False
+    for line in (fn.__doc__ or "").splitlines():
+        stripped = line.strip()
+        if stripped == "Args:":
+            in_args = True
+        elif in_args and ":" in stripped:
+            name, _, text = stripped.partition(":")
+            help_by_name[name.strip()] = text.strip()
+    return help_by_name
+
+
+def _base_type(annotation: Any) -> Any:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def add_verb(sub: argparse._SubParsersAction, name: str, fn: Callable) -> None:
+    summary = (fn.__doc__ or "").strip().splitlines()[0]
+    parser = sub.add_parser(name, help=summary, description=summary)
+    helps = _arg_help(fn)
+    hints = typing.get_type_hints(fn)
+    for pname, param in inspect.signature(fn).parameters.items():
+        if pname in HIDDEN_PARAMS:
+            continue
+        typ = _base_type(hints.get(pname, str))
+        text = helps.get(pname)
+        if typing.get_origin(typ) is list:
+            parser.add_argument(pname, nargs="*", default=[], metavar="KEY=VALUE", help=text)
+        elif param.default is inspect.Parameter.empty:
+            parser.add_argument(pname, type=typ, help=text)
+        elif typ is bool:
+            parser.add_argument(f"--{pname}", action="store_true", help=text)
+        else:
+            parser.add_argument(f"--{pname}", type=typ, default=param.default, metavar=pname.upper(), help=text)
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.set_defaults(_fn=fn, _verb=name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ponder", description="Recurrent-depth reasoning: train, evaluate and run models that think by looping.")
+    parser.add_argument("--version", action="version", version=f"ponder {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, fn in VERBS.items():
+        add_verb(sub, name, fn)
+    return parser
+
+
+# ------------------------------------------------------------------ human-readable output
+
+def show_train(result: dict[str, Any]) -> None:
+    print(f"\ntest split: {result['n']} puzzles, {result['segments']} segments, {result['train_seconds']:.0f} s training, {result['total_seconds']:.0f} s total")
+    print(f"  exact accuracy {result['exact_accuracy']:.4f}   cell accuracy {result['cell_accuracy']:.4f}")
+    print(f"  with halting:  exact accuracy {result['halting_accuracy']:.4f} using {result['mean_segments']:.2f} segments on average")
+    show_curve(result["accuracy_by_segment"])
+
+
+def show_curve(curve: list[float]) -> None:
+    print("  accuracy vs segments (thinking steps):")
+    for k, acc in enumerate(curve, start=1):
+        print(f"    {k:3d}  {acc:.4f}  {'#' * round(acc * 40)}")
+
+
+def show_eval(result: dict[str, Any]) -> None:
+    print(f"{result['data']}: {result['n']} puzzles, {result['segments']} segments")
+    print(f"  exact accuracy {result['exact_accuracy']:.4f}   cell accuracy {result['cell_accuracy']:.4f}")
+    print(f"  with halting:  exact accuracy {result['halting_accuracy']:.4f} using {result['mean_segments']:.2f} segments on average")
+    show_curve(result["accuracy_by_segment"])
+
+
+def show_solve(result: dict[str, Any]) -> None:
+    from ponder.tasks.sudoku import render_grid
+
+    print(render_grid([0 if c == "." else int(c) for c in result["solution"]]))
+    verdict = "a valid solution" if result["valid"] else "NOT a valid solution"
+    how = "halted" if result["halted"] else "stopped at the segment limit"
+    print(f"{verdict}; {how} after {result['segments']} segment(s) = {result['network_calls']} network calls")
+
+
+def show_presets(rows: list[dict[str, Any]]) -> None:
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['params'] / 1e6:6.2f}M  {r['description']}")
+
+
+SHOW = {"train": show_train, "eval": show_eval, "solve": show_solve, "presets": show_presets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 2
+    kwargs = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("verb", "json")}
+    if args._verb == "train":
+        kwargs["progress"] = sys.stderr.isatty() or not args.json
+    try:
+        result = args._fn(**kwargs)
+    except PonderInputError as e:
+        print(f"ponder {args._verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ponder {args._verb}: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result))
+    else:
+        SHOW[args._verb](result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Typed run configuration with strict keys, YAML files, presets and `key=value` overrides.
+
+A run is described by one `RunConfig` with three sections. Every key is checked: an
+unknown section or key, or a value of the wrong type, raises `PonderInputError` naming
+it. Presets are YAML files in the package's `presets/` folder; `ponder presets` lists them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ponder.errors import PonderInputError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+DEFAULT_PRESET = "trm-sudoku-cpu"
+
+
+@dataclass
+class ModelConfig:
+    family: str = "trm"
+    hidden: int = 128  # D
+    heads: int = 4
+    layers: int = 2  # blocks in the shared network
+    expansion: float = 4.0  # SwiGLU width / hidden
+    mixer: str = "attention"  # "attention" or "mlp" (sequence-axis MLP mixer)
+    rope: bool = True  # rotary positions for attention; learned positions otherwise
+    attention_mask: str = "none"  # "none" (all pairs) or "task" (the task's structure, e.g. Sudoku peers)
+    latent_steps: int = 2  # n: z-updates per cycle
+    cycles: int = 2  # T: cycles per segment, the first T-1 without gradient
+    halt: bool = True  # train a halting head and use it for early exit
+
+
+@dataclass
+class TaskConfig:
+    name: str = "sudoku"
+    blanks: int = 40  # generated puzzles: blanks per puzzle
+    train_size: int = 10000  # generated training puzzles (before augmentation)
+    val_size: int = 500  # generated validation puzzles: periodic evaluation
+    test_size: int = 1000  # generated test puzzles: final evaluation only
+    seed: int = 0  # data seed: the same seed gives the same puzzles everywhere
+    train_file: str = ""  # optional CSV / puzzle-per-line file replacing generated training data
+    test_file: str = ""  # optional file replacing the generated test split
+    augment: bool = True  # random Sudoku symmetry per training example
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # batches; each runs up to max_segments segments, one update each
+    batch_size: int = 128
+    max_segments: int = 8  # deep-supervision segments per batch in training
+    eval_segments: int = 16  # segments run at evaluation (can exceed training)
+    optimizer: str = "adamatan2"  # "adamatan2" or "adamw"
+    lr: float = 1e-3
+    lr_warmup: int = 100  # batches of linear warmup
+    lr_schedule: str = "cosine"  # "cosine" or "constant" after warmup
+    lr_min_ratio: float = 0.1  # cosine floor as a fraction of lr
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    ema: float = 0.999  # EMA decay of the weights used for evaluation; 0 disables
+    loss: str = "ce"  # "ce" or "stablemax"
+    halt_loss_weight: float = 0.5
+    halt_explore_prob: float = 0.1  # chance an example gets a random minimum segment count
+    eval_every: int = 250  # batches between validation runs
+    checkpoint_every: int = 250  # batches between checkpoints
+    seed: int = 0  # model init, data order, augmentation and exploration
+    device: str = "auto"  # "auto", "cpu", "cuda", "mps", "cuda:1", ...
+    autocast: str = "none"  # "none" or "bfloat16" mixed precision
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+_CHOICES = {
+    ("model", "family"): ("trm",),
+    ("model", "mixer"): ("attention", "mlp"),
+    ("model", "attention_mask"): ("none", "task"),
+    ("task", "name"): ("sudoku",),
+    ("train", "optimizer"): ("adamatan2", "adamw"),
+    ("train", "lr_schedule"): ("cosine", "constant"),
+    ("train", "loss"): ("ce", "stablemax"),
+    ("train", "autocast"): ("none", "bfloat16"),
+}
+
+
+def _coerce(value: Any, typ: type, key: str) -> Any:
+    """Convert a YAML/CLI value to the declared field type or say what was expected."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise PonderInputError(f"config key '{key}': expected {typ.__name__}, got {value!r}")
+
+
+def _section_types(section: Any) -> dict[str, type]:
+    hints = {"int": int, "float": float, "str": str, "bool": bool}
+    return {f.name: hints[f.type] if isinstance(f.type, str) else f.type for f in fields(section)}
+
+
+def apply_values(cfg: RunConfig, values: dict[str, Any], source: str) -> RunConfig:
+    """Set nested `{section: {key: value}}` (or dotted `section.key`) values in place."""
+    flat: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            for kk, vv in v.items():
+                flat[f"{k}.{kk}"] = vv
+        else:
+            flat[k] = v
+    for dotted, value in flat.items():
+        if dotted == "description":
+            cfg.description = str(value)
+            continue
+        section_name, _, key = dotted.partition(".")
+        section = getattr(cfg, section_name, None) if section_name in ("model", "task", "train") else None
+        if section is None or not key:
+            raise PonderInputError(f"{source}: unknown config key '{dotted}'; expected model.*, task.* or train.*")
+        types = _section_types(section)
+        if key not in types:
+            raise PonderInputError(
+                f"{source}: unknown config key '{dotted}'; {section_name} keys are: {', '.join(sorted(types))}"
+            )
+        coerced = _coerce(value, types[key], dotted)
+        allowed = _CHOICES.get((section_name, key))
+        if allowed and coerced not in allowed:
+            raise PonderInputError(f"{source}: config key '{dotted}': expected one of {', '.join(allowed)}, got {coerced!r}")
+        setattr(section, key, coerced)
+    validate(cfg, source)
+    return cfg
+
+
+def validate(cfg: RunConfig, source: str) -> None:
+    """Range checks that a type check cannot express."""
+    checks = [
+        ("model.hidden", cfg.model.hidden >= 8, "an integer >= 8"),
+        ("model.heads", cfg.model.heads >= 1 and cfg.model.hidden % cfg.model.heads == 0, "a divisor of model.hidden"),
+        ("model.layers", cfg.model.layers >= 1, ">= 1"),
+        ("model.latent_steps", cfg.model.latent_steps >= 1, ">= 1"),
+        ("model.cycles", cfg.model.cycles >= 1, ">= 1"),
+        ("task.blanks", 0 <= cfg.task.blanks <= 64, "0..64"),
+        ("task.train_size", cfg.task.train_size >= 1, ">= 1"),
+        ("task.val_size", cfg.task.val_size >= 1, ">= 1"),
+        ("task.test_size", cfg.task.test_size >= 1, ">= 1"),
+        ("train.steps", cfg.train.steps >= 1, ">= 1"),
+        ("train.batch_size", cfg.train.batch_size >= 1, ">= 1"),
+        ("train.max_segments", cfg.train.max_segments >= 1, ">= 1"),
+        ("train.eval_segments", cfg.train.eval_segments >= 1, ">= 1"),
+        ("train.lr", cfg.train.lr > 0, "> 0"),
+        ("train.ema", 0 <= cfg.train.ema < 1, "in [0, 1)"),
+        ("train.eval_every", cfg.train.eval_every >= 1, ">= 1"),
+        ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, ">= 1"),
+        ("train.halt_explore_prob", 0 <= cfg.train.halt_explore_prob <= 1, "in [0, 1]"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            raise PonderInputError(f"{source}: config key '{key}': expected {expected}")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """`["train.lr=3e-4", ...]` -> `{"train.lr": "3e-4"}`."""
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise PonderInputError(f"override '{pair}': expected key=value, e.g. train.lr=3e-4")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise PonderInputError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise PonderInputError(f"{path}{line}: not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PonderInputError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
+    return data
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise PonderInputError(f"unknown preset '{name}'; expected one of: {', '.join(preset_names())}")
+    return path
+
+
+def build_config(preset: str | None = None, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then a preset (default: the embedded CPU Sudoku run), then a YAML file,
+    then overrides; each layer is checked key by key."""
+    cfg = RunConfig()
+    if preset is None and config_file is None:
+        preset = DEFAULT_PRESET
+    if preset is not None:
+        apply_values(cfg, load_yaml(preset_path(preset)), f"preset {preset}")
+    if config_file is not None:
+        apply_values(cfg, load_yaml(config_file), str(config_file))
+    if overrides:
+        apply_values(cfg, overrides, "override")
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], source: str) -> RunConfig:
+    return apply_values(RunConfig(), data, source)

@@ -1,0 +1,169 @@
+"""Shared building blocks for every model family.
+
+Shapes: B batch, L sequence length, D hidden size, H heads, Dh = D // H.
+Blocks are post-norm (`h = norm(h + f(h))`), as in HRM/TRM: with weights shared across
+many recurrent steps, post-norm keeps the state on a fixed scale however many times a
+block is applied.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm; `affine=False` gives the weightless norm HRM/TRM use."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, affine: bool = False):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            x = x * self.weight
+        return x.to(dtype)
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP `down(silu(gate(x)) * up(x))` on the last axis; hidden width is
+    `expansion * dim` rounded up to a multiple of 16."""
+
+    def __init__(self, dim: int, expansion: float = 4.0):
+        super().__init__()
+        inner = int(math.ceil(expansion * dim * 2 / 3 / 16) * 16)
+        self.gate_up = nn.Linear(dim, 2 * inner, bias=False)
+        self.down = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding: the pair (x[2i], x[2i+1]) at position p is rotated by
+    p * base^(-2i / Dh). Tables are computed in float64 and cached per dtype/device."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+        super().__init__()
+        self.head_dim, self.max_len, self.base = head_dim, max_len, base
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tables(self, L: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (L, dtype, device)
+        if key not in self._tables:
+            inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim)
+            angles = torch.outer(torch.arange(L, dtype=torch.float64), inv_freq)  # (L, Dh/2)
+            self._tables[key] = (angles.cos().to(device, dtype), angles.sin().to(device, dtype))
+        return self._tables[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, L, Dh) -> same shape, rotated by position."""
+        cos, sin = self.tables(x.shape[-2], x.dtype, x.device)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return out.flatten(-2)
+
+
+class Attention(nn.Module):
+    """Bidirectional multi-head self-attention through PyTorch SDPA, with optional RoPE."""
+
+    def __init__(self, dim: int, heads: int, rotary: Rotary | None = None, mask: torch.Tensor | None = None):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"hidden size {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.rotary = rotary
+        # Optional (L, L) bool mask: True where a query may attend to a key.
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, Dh)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)  # (B, H, L, Dh)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+
+class SequenceMLP(nn.Module):
+    """TRM's MLP-mixer token mixing: a SwiGLU across the sequence axis, so every
+    position reads every other through learned, input-independent weights. It suits
+    tasks with a fixed layout (Sudoku) and needs a fixed sequence length."""
+
+    def __init__(self, seq_len: int, expansion: float = 4.0):
+        super().__init__()
+        self.mlp = SwiGLU(seq_len, expansion)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x.transpose(1, 2)).transpose(1, 2)  # (B, L, D) -> (B, D, L) -> (B, L, D)
+
+
+class Block(nn.Module):
+    """Post-norm block: token mixer (attention or sequence MLP), then channel SwiGLU."""
+
+    def __init__(self, dim: int, heads: int, expansion: float, mixer: str, seq_len: int, rotary: Rotary | None, mask: torch.Tensor | None = None):
+        super().__init__()
+        if mixer == "attention":
+            self.mix = Attention(dim, heads, rotary, mask)
+        elif mixer == "mlp":
+            self.mix = SequenceMLP(seq_len, expansion)
+        else:
+            raise ValueError(f"mixer: expected 'attention' or 'mlp', got {mixer!r}")
+        self.mlp = SwiGLU(dim, expansion)
+        self.norm1 = RMSNorm(dim)
+        self.norm2 = RMSNorm(dim)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(h + self.mix(h))  # (B, L, D)
+        return self.norm2(h + self.mlp(h))
+
+
+class Stack(nn.Module):
+    """`layers` blocks applied in order: the small network a recurrent model reuses."""
+
+    def __init__(self, dim: int, heads: int, layers: int, expansion: float, mixer: str, seq_len: int, rope: bool, mask: torch.Tensor | None = None):
+        super().__init__()
+        rotary = Rotary(dim // heads, seq_len) if (rope and mixer == "attention") else None
+        self.blocks = nn.ModuleList(Block(dim, heads, expansion, mixer, seq_len, rotary, mask) for _ in range(layers))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            h = block(h)
+        return h
+
+
+class InputEmbedding(nn.Module):
+    """Token embedding (scaled by sqrt(D)), a learned position embedding when RoPE is
+    off, and an optional per-task embedding added to every position."""
+
+    def __init__(self, vocab: int, dim: int, seq_len: int, learned_positions: bool, num_tasks: int = 0):
+        super().__init__()
+        self.scale = math.sqrt(dim)
+        self.tokens = nn.Embedding(vocab, dim)
+        nn.init.trunc_normal_(self.tokens.weight, std=1.0 / self.scale)
+        self.positions = nn.Parameter(torch.zeros(seq_len, dim)) if learned_positions else None
+        if self.positions is not None:
+            nn.init.trunc_normal_(self.positions, std=1.0 / self.scale)
+        self.tasks = nn.Embedding(num_tasks, dim) if num_tasks else None
+        if self.tasks is not None:
+            nn.init.zeros_(self.tasks.weight)
+
+    def forward(self, tokens: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.tokens(tokens)  # (B, L, D)
+        if self.positions is not None:
+            x = x + self.positions
+        if self.tasks is not None:
+            if task_ids is None:
+                raise ValueError("this model has a task embedding: pass task_ids")
+            x = x + self.tasks(task_ids)[:, None, :]
+        return x * self.scale

@@ -1,0 +1,362 @@
+"""9x9 Sudoku: parsing, an exact solver, a seeded unique-solution generator, file
+readers, a batched validator and the symmetry augmentations.
+
+A grid is 81 integers in row-major order, 0 for a blank and 1..9 for a digit. As model
+input the same 81 integers are the tokens (vocabulary 10); the label is the solved grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ponder.errors import PonderInputError
+
+SIZE = 81
+VOCAB = 10  # 0 = blank, 1..9 = digits
+BLANK_CHARS = ".0"
+
+_ROW = [i // 9 for i in range(SIZE)]
+_COL = [i % 9 for i in range(SIZE)]
+_BOX = [(i // 27) * 3 + (i % 9) // 3 for i in range(SIZE)]
+_ALL = 0x3FE  # bits 1..9
+
+
+def units() -> list[list[int]]:
+    """The 27 units (9 rows, 9 columns, 9 boxes) as lists of cell indices."""
+    rows = [[r * 9 + c for c in range(9)] for r in range(9)]
+    cols = [[r * 9 + c for r in range(9)] for c in range(9)]
+    boxes = [[i for i in range(SIZE) if _BOX[i] == b] for b in range(9)]
+    return rows + cols + boxes
+
+
+UNITS = torch.tensor(units())  # (27, 9)
+
+
+def peer_mask() -> torch.Tensor:
+    """(81, 81) bool: True where two cells share a row, column or box (or are the same
+    cell). Used as an optional attention mask that gives a model the puzzle's structure."""
+    r, c, b = (torch.tensor(v) for v in (_ROW, _COL, _BOX))
+    return (r[:, None] == r[None]) | (c[:, None] == c[None]) | (b[:, None] == b[None])
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def parse_puzzle(text: str, where: str = "puzzle", check_givens: bool = True) -> np.ndarray:
+    """Parse 81 characters ('.' or '0' blank, '1'-'9' digit) into an int8 grid;
+    `check_givens` rejects a digit repeated in a row, column or box."""
+    s = text.strip()
+    if len(s) != SIZE:
+        raise PonderInputError(f"{where}: expected 81 characters ('.' or '0' for a blank, 1-9), got {len(s)}")
+    bad = [ch for ch in s if ch not in "0123456789."]
+    if bad:
+        raise PonderInputError(f"{where}: unexpected character {bad[0]!r}; expected '.', '0' or 1-9")
+    grid = np.array([0 if ch in BLANK_CHARS else int(ch) for ch in s], dtype=np.int8)
+    if check_givens and not _givens_consistent(grid):
+        raise PonderInputError(f"{where}: the givens repeat a digit in a row, column or box")
+    return grid
+
+
+def format_grid(grid, blank: str = ".") -> str:
+    """81-character string of a grid."""
+    return "".join(blank if int(v) == 0 else str(int(v)) for v in grid)
+
+
+def render_grid(grid, givens=None) -> str:
+    """Multi-line picture of a grid with box separators; givens (optional) are left
+    plain and filled-in digits are not marked, keeping the output copy-pasteable."""
+    lines = []
+    for r in range(9):
+        if r in (3, 6):
+            lines.append("------+-------+------")
+        row = []
+        for c in range(9):
+            if c in (3, 6):
+                row.append("|")
+            v = int(grid[r * 9 + c])
+            row.append("." if v == 0 else str(v))
+        lines.append(" ".join(row))
+    return "\n".join(lines)
+
+
+def _givens_consistent(grid: np.ndarray) -> bool:
+    for unit in units():
+        vals = [int(grid[i]) for i in unit if grid[i]]
+        if len(vals) != len(set(vals)):
+            return False
+    return True
+
+
+# ------------------------------------------------------------------------ exact solver
+
+def solve(grid, limit: int = 2) -> tuple[int, np.ndarray | None]:
+    """Count solutions of `grid` up to `limit` by backtracking with the
+    fewest-candidates rule. Returns (count, first solution or None)."""
+    cells = [int(v) for v in grid]
+    rows, cols, boxes = [0] * 9, [0] * 9, [0] * 9
+    for i, v in enumerate(cells):
+        if v:
+            bit = 1 << v
+            if (rows[_ROW[i]] | cols[_COL[i]] | boxes[_BOX[i]]) & bit:
+                return 0, None
+            rows[_ROW[i]] |= bit
+            cols[_COL[i]] |= bit
+            boxes[_BOX[i]] |= bit
+    empty = [i for i in range(SIZE) if cells[i] == 0]
+    found: list[list[int]] = []
+    count = 0
+
+    def search() -> bool:  # True = stop (limit reached)
+        nonlocal count
+        best, best_mask, best_n = -1, 0, 10
+        for i in empty:
+            if cells[i]:
+                continue
+            mask = _ALL & ~(rows[_ROW[i]] | cols[_COL[i]] | boxes[_BOX[i]])
+            n = bin(mask).count("1")
+            if n < best_n:
+                best, best_mask, best_n = i, mask, n
+                if n <= 1:
+                    break
+        if best < 0:
+            count += 1
+            if not found:
+                found.append(list(cells))
+            return count >= limit
+        if best_n == 0:
+            return False
+        r, c, b = _ROW[best], _COL[best], _BOX[best]
+        mask = best_mask
+        while mask:
+            bit = mask & -mask
+            mask ^= bit
+            cells[best] = bit.bit_length() - 1
+            rows[r] |= bit
+            cols[c] |= bit
+            boxes[b] |= bit
+            stop = search()
+            rows[r] ^= bit
+            cols[c] ^= bit
+            boxes[b] ^= bit
+            cells[best] = 0
+            if stop:
+                return True
+        return False
+
+    search()
+    return count, (np.array(found[0], dtype=np.int8) if found else None)
+
+
+def is_solution(grid) -> bool:
+    """True when a full grid has every digit once in each row, column and box."""
+    return bool(valid_solutions(torch.as_tensor(np.asarray(grid, dtype=np.int64))[None])[0])
+
+
+def valid_solutions(grids: torch.Tensor) -> torch.Tensor:
+    """(B, 81) int grids -> (B,) bool: every unit holds the digits 1..9 exactly once."""
+    per_unit = grids.long()[:, UNITS.to(grids.device)]  # (B, 27, 9)
+    onehot = torch.nn.functional.one_hot(per_unit, VOCAB)[..., 1:]  # (B, 27, 9, 9)
+    return (onehot.sum(dim=2) == 1).all(dim=(1, 2))
+
+
+# -------------------------------------------------------------------------- generator
+
+def random_solution(rng: random.Random) -> np.ndarray:
+    """A uniformly shuffled search for a complete valid grid."""
+    cells = [0] * SIZE
+    rows, cols, boxes = [0] * 9, [0] * 9, [0] * 9
+
+    def fill(pos: int) -> bool:
+        if pos == SIZE:
+            return True
+        r, c, b = _ROW[pos], _COL[pos], _BOX[pos]
+        mask = _ALL & ~(rows[r] | cols[c] | boxes[b])
+        digits = [d for d in range(1, 10) if mask >> d & 1]
+        rng.shuffle(digits)
+        for d in digits:
+            bit = 1 << d
+            cells[pos] = d
+            rows[r] |= bit
+            cols[c] |= bit
+            boxes[b] |= bit
+            if fill(pos + 1):
+                return True
+            rows[r] ^= bit
+            cols[c] ^= bit
+            boxes[b] ^= bit
+        cells[pos] = 0
+        return False
+
+    fill(0)
+    return np.array(cells, dtype=np.int8)
+
+
+def generate_puzzle(rng: random.Random, blanks: int) -> tuple[np.ndarray, np.ndarray]:
+    """One (puzzle, solution) pair with exactly `blanks` blanks and a unique solution.
+
+    Blanks are drawn in a random order. Removing a given can only add solutions, so if
+    the first `blanks` cells of the order leave a unique puzzle, every prefix did too
+    and one solver call suffices; otherwise we walk the order and skip any cell whose
+    removal would admit a second solution."""
+    if not 0 <= blanks <= 64:
+        raise PonderInputError(f"blanks: expected 0..64 (a 9x9 puzzle needs at least 17 givens), got {blanks}")
+    while True:
+        solution = random_solution(rng)
+        order = list(range(SIZE))
+        rng.shuffle(order)
+        puzzle = solution.copy()
+        puzzle[order[:blanks]] = 0
+        if solve(puzzle, limit=2)[0] == 1:
+            return puzzle, solution
+        puzzle = solution.copy()
+        removed = 0
+        for i in order:
+            if removed == blanks:
+                break
+            keep = puzzle[i]
+            puzzle[i] = 0
+            if solve(puzzle, limit=2)[0] == 1:
+                removed += 1
+            else:
+                puzzle[i] = keep
+        if removed == blanks:
+            return puzzle, solution
+
+
+def generate(n: int, blanks: int, seed: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """`n` seeded puzzles and solutions as two (n, 81) int8 arrays. The same
+    (n, blanks, seed) gives the same bytes on every machine."""
+    rng = random.Random(seed)
+    puzzles = np.zeros((n, SIZE), dtype=np.int8)
+    solutions = np.zeros((n, SIZE), dtype=np.int8)
+    it = range(n)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"generating {n} puzzles ({blanks} blanks)", unit="puzzle", leave=False)
+    for k in it:
+        puzzles[k], solutions[k] = generate_puzzle(rng, blanks)
+    return puzzles, solutions
+
+
+# ------------------------------------------------------------------------------ files
+
+def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read the public CSV layout `source,question,answer,rating` ('.' = blank).
+    Every answer must be a valid solution that agrees with its question."""
+    path = Path(path)
+    questions, answers = [], []
+    with _open_text(path) as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise PonderInputError(f"{path}: empty file; expected a header 'source,question,answer,rating'")
+        cols = [h.strip().lower() for h in header]
+        if "question" not in cols or "answer" not in cols:
+            raise PonderInputError(f"{path}:1: expected a header with 'question' and 'answer' columns, got {header}")
+        qi, ai = cols.index("question"), cols.index("answer")
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            where = f"{path}:{lineno}"
+            if len(row) != len(cols):
+                raise PonderInputError(f"{where}: expected {len(cols)} fields, got {len(row)}")
+            q = parse_puzzle(row[qi], where=f"{where} question")
+            a = parse_puzzle(row[ai], where=f"{where} answer", check_givens=False)
+            if (a == 0).any() or not is_solution(a):
+                raise PonderInputError(f"{where}: the answer is not a complete valid Sudoku grid")
+            if ((q != 0) & (q != a)).any():
+                raise PonderInputError(f"{where}: the answer does not solve its question (it changes a given)")
+            questions.append(q)
+            answers.append(a)
+    if not questions:
+        raise PonderInputError(f"{path}: no puzzles found")
+    return np.stack(questions), np.stack(answers)
+
+
+def read_lines(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one puzzle per line (no solutions; '#' lines are comments) and solve each
+    with the exact solver, rejecting puzzles without exactly one solution."""
+    path = Path(path)
+    questions, answers = [], []
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            where = f"{path}:{lineno}"
+            q = parse_puzzle(line.split()[0], where=where)
+            count, solution = solve(q, limit=2)
+            if count != 1:
+                what = "no solution" if count == 0 else "more than one solution"
+                raise PonderInputError(f"{where}: the puzzle has {what}; expected exactly one")
+            questions.append(q)
+            answers.append(solution)
+    if not questions:
+        raise PonderInputError(f"{path}: no puzzles found")
+    return np.stack(questions), np.stack(answers)
+
+
+def read_puzzles(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """CSV (by `.csv` suffix) or one-puzzle-per-line file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PonderInputError(f"{path}: no such file; expected a Sudoku CSV or a puzzle-per-line text file")
+    return read_csv(path) if path.suffix.lower() == ".csv" else read_lines(path)
+
+
+def _open_text(path: Path):
+    try:
+        return open(path, newline="", encoding="utf-8")
+    except OSError as e:
+        raise PonderInputError(f"{path}: cannot read ({e.strerror})") from None
+
+
+# ---------------------------------------------------------------------- augmentations
+
+@dataclass(frozen=True)
+class Symmetry:
+    """One element of the Sudoku symmetry group used for augmentation.
+
+    `cells[k]` is the source cell of destination cell k and `digits[v]` the new value
+    of digit v (digits[0] == 0, so blanks stay blank). Applying it keeps a valid puzzle
+    valid and maps its solution to the solution of the new puzzle."""
+
+    cells: np.ndarray  # (81,) source cell per destination cell
+    digits: np.ndarray  # (10,) digit map, digits[0] == 0
+
+    def apply(self, grid: np.ndarray) -> np.ndarray:
+        return self.digits[np.asarray(grid)[..., self.cells]]
+
+    def inverse(self) -> "Symmetry":
+        return Symmetry(cells=np.argsort(self.cells), digits=np.argsort(self.digits))
+
+    @staticmethod
+    def random(rng: np.random.Generator) -> "Symmetry":
+        """Digit permutation, transpose, band/stack shuffles, row/column shuffles
+        within bands/stacks: each drawn uniformly."""
+        digits = np.concatenate([[0], rng.permutation(9) + 1])
+        rows = np.concatenate([band * 3 + rng.permutation(3) for band in rng.permutation(3)])
+        cols = np.concatenate([stack * 3 + rng.permutation(3) for stack in rng.permutation(3)])
+        cells = (rows[:, None] * 9 + cols[None, :]).reshape(SIZE)
+        if rng.random() < 0.5:
+            cells = cells.reshape(9, 9).T.reshape(SIZE)
+        return Symmetry(cells=cells, digits=digits)
+
+
+def augment_batch(puzzles: torch.Tensor, solutions: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply an independent random symmetry to each row of (B, 81) puzzles and
+    solutions (the same symmetry to a puzzle and its solution)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    rng = np.random.default_rng(seed)
+    syms = [Symmetry.random(rng) for _ in range(puzzles.shape[0])]
+    cells = torch.from_numpy(np.stack([s.cells for s in syms]))  # (B, 81)
+    digits = torch.from_numpy(np.stack([s.digits for s in syms]))  # (B, 10)
+    def one(x):
+        return torch.gather(digits, 1, torch.gather(x.long(), 1, cells))
+    return one(puzzles), one(solutions)

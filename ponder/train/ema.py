@@ -1,0 +1,28 @@
+"""Exponential moving average of model weights (used for evaluation and saved)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+class EMA:
+    """Shadow copy of a model. The decay ramps up as `min(decay, (1 + t) / (10 + t))`
+    over the first updates so short runs are not dominated by the random init."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach(), 1 - decay)
+        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+            ema_b.copy_(b)

@@ -1,0 +1,25 @@
+"""Per-token classification losses."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def stablemax_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log of stablemax ("Grokking at the Edge of Numerical Stability"):
+    s(x) = x + 1 for x >= 0 and 1 / (1 - x) otherwise, normalised over the last axis.
+    Unlike softmax it grows linearly, so confident logits do not blow up."""
+    x = logits.double()
+    s = torch.where(x >= 0, x + 1, 1 / (1 - torch.where(x >= 0, torch.zeros_like(x), x)))
+    return (s / s.sum(dim=-1, keepdim=True)).log()
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+    """Mean over tokens of the per-token loss. logits (B, L, V), labels (B, L) -> (B,)."""
+    if kind == "stablemax":
+        logp = stablemax_log_probs(logits)
+        per_token = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1).to(logits.dtype)
+    else:
+        per_token = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")  # (B, L)
+    return per_token.mean(dim=1)

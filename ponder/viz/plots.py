@@ -1,0 +1,50 @@
+"""Plots of a run folder: training curves and accuracy vs thinking steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ponder.train.loop import PLOT, RESULTS, read_log  # noqa: E402
+
+
+def plot_run(run_dir: str | Path) -> Path:
+    """Write `curves.png`: loss, train/val accuracy by step, test accuracy by segment."""
+    run_dir = Path(run_dir)
+    log = read_log(run_dir)
+    train = [r for r in log if r.get("event") == "train"]
+    val = [r for r in log if r.get("event") == "val"]
+    results_path = run_dir / RESULTS
+    test = json.loads(results_path.read_text()) if results_path.exists() else None
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    ax = axes[0]
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8)
+    ax.set(xlabel="batch", ylabel="token loss", yscale="log", title="training loss")
+    ax = axes[1]
+    ax.plot([r["step"] for r in train], [r["accuracy"] for r in train], lw=0.6, alpha=0.6, label="train batch (exact)")
+    if val:
+        ax.plot([r["step"] for r in val], [r["exact_accuracy"] for r in val], "o-", label="validation (exact)")
+    ax.set(xlabel="batch", ylabel="accuracy", ylim=(0, 1.02), title="accuracy during training")
+    ax.legend(loc="lower right")
+    ax = axes[2]
+    if test:
+        acc = test["accuracy_by_segment"]
+        ax.plot(range(1, len(acc) + 1), acc, "o-", label=f"test, all segments (n={test['n']})")
+        ax.axhline(test["halting_accuracy"], ls="--", c="gray", label=f"with halting: mean {test['mean_segments']:.2f} segments")
+        ax.legend(loc="lower right")
+    ax.set(xlabel="segments (thinking steps)", ylabel="exact accuracy", ylim=(0, 1.02), title="accuracy vs thinking steps")
+    for a in axes:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    path = run_dir / PLOT
+    tmp = path.with_name("curves.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,132 @@
+"""The CLI end to end on tiny runs: every verb, --json shapes, and bad input."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import TINY
+from ponder import api
+from ponder.cli import main
+from ponder.tasks import sudoku
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    api.train(TINY, out=str(out), progress=False)
+    return out
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_writes_a_complete_run_folder(tiny_run):
+    for name in ("config.json", "metrics.jsonl", "checkpoint.safetensors", "results.json", "curves.png"):
+        assert (tiny_run / name).is_file(), name
+    log = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "start" and {"ponder", "git", "torch", "device"} <= set(log[0]["env"])
+    assert [r["step"] for r in log if r["event"] == "val"] == [2, 4]
+    assert log[-1]["event"] == "test"
+
+
+def test_eval_json(tiny_run, capsys):
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 2, "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert {"exact_accuracy", "cell_accuracy", "accuracy_by_segment", "n", "mean_segments"} <= set(result)
+    assert result["n"] == 16 and len(result["accuracy_by_segment"]) == 2
+
+
+def test_eval_on_a_file(tiny_run, capsys, tmp_path):
+    puzzles, solutions = sudoku.generate(3, 30, seed=9)
+    f = tmp_path / "p.csv"
+    f.write_text("source,question,answer,rating\n" + "".join(f"t,{sudoku.format_grid(p)},{sudoku.format_grid(s)},\n" for p, s in zip(puzzles, solutions)))
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--data", f)
+    assert code == 0 and "3 puzzles" in out and "accuracy vs segments" in out
+    lines = tmp_path / "p.txt"
+    lines.write_text("".join(sudoku.format_grid(p, blank="0") + "\n" for p in puzzles))
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--data", lines, "--json")
+    assert code == 0 and json.loads(out)["n"] == 3
+
+
+def test_solve(tiny_run, capsys):
+    puzzle = sudoku.format_grid(sudoku.generate(1, 30, seed=1)[0][0])
+    code, out, _ = run_cli(capsys, "solve", tiny_run, puzzle)
+    assert code == 0 and "segment" in out and "|" in out
+    code, out, _ = run_cli(capsys, "solve", tiny_run, puzzle, "--json")
+    result = json.loads(out)
+    assert code == 0 and len(result["solution"]) == 81 and isinstance(result["valid"], bool) and result["segments"] >= 1
+
+
+def test_presets_json(capsys):
+    code, out, _ = run_cli(capsys, "presets", "--json")
+    rows = json.loads(out)
+    assert code == 0 and rows and all({"name", "params", "description"} <= set(r) for r in rows)
+    assert "trm-sudoku-cpu" in {r["name"] for r in rows}
+
+
+def corrupt_copy(run, tmp_path):
+    bad = tmp_path / "corrupt"
+    shutil.copytree(run, bad)
+    ckpt = bad / "checkpoint.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:200])
+    return bad
+
+
+def bad_cases(tiny_run, tmp_path):
+    wrong = tmp_path / "wrong.csv"
+    puzzles, solutions = sudoku.generate(1, 30, seed=2)
+    broken = solutions[0].copy()
+    broken[[0, 1]] = broken[[1, 0]]
+    wrong.write_text(f"source,question,answer,rating\nx,{sudoku.format_grid(puzzles[0])},{sudoku.format_grid(broken)},\n")
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model:\n  hiddn: 3\n")
+    no_config = tmp_path / "empty_run"
+    no_config.mkdir()
+    return [
+        (["train", "model.nonsense=1"], "unknown config key 'model.nonsense'"),
+        (["train", "train.lr=fast"], "config key 'train.lr': expected float"),
+        (["train", "model.mixer=conv"], "expected one of attention, mlp"),
+        (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--config", bad_yaml], "unknown config key 'model.hiddn'"),
+        (["train", "--config", tmp_path / "missing.yaml"], "no such config file"),
+        (["train", "lr"], "expected key=value"),
+        (["solve", tiny_run, "12345"], "expected 81 characters"),
+        (["solve", tiny_run, "a" * 81], "unexpected character 'a'"),
+        (["eval", tiny_run, "--data", wrong], "wrong.csv:2: the answer is not a complete valid"),
+        (["eval", tiny_run, "--data", tmp_path / "none.csv"], "no such file"),
+        (["eval", tmp_path / "missing"], "no such run folder"),
+        (["eval", no_config], "not a run folder"),
+        (["eval", corrupt_copy(tiny_run, tmp_path)], "corrupt checkpoint"),
+        (["train", "--resume", no_config], "not a run folder"),
+    ]
+
+
+def test_bad_input_is_one_line_exit_2(tiny_run, tmp_path, capsys):
+    for argv, message in bad_cases(tiny_run, tmp_path):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2, argv
+        assert message in err, (argv, err)
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_bad_train_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "never"
+    code, _, _ = run_cli(capsys, "train", "--out", out, "model.nonsense=1")
+    assert code == 2 and not out.exists()
+
+
+def test_existing_out_folder_is_refused(tiny_run, capsys):
+    code, _, err = run_cli(capsys, "train", "--out", tiny_run, *TINY)
+    assert code == 2 and "not empty" in err
+
+
+def test_real_process_exit_code(ponder_cmd, tmp_path):
+    proc = subprocess.run(ponder_cmd + ["train", "--preset", "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("ponder train: error: unknown preset") and proc.stderr.count("\n") == 1

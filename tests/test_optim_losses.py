@@ -1,0 +1,47 @@
+import math
+
+import torch
+
+from ponder.config import TrainConfig
+from ponder.train.losses import stablemax_log_probs, token_loss
+from ponder.train.optim import AdamATan2, lr_at
+
+
+def test_adam_atan2_matches_scalar_reference():
+    torch.manual_seed(0)
+    p = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    opt = AdamATan2([p], lr=0.01, betas=(0.9, 0.95), weight_decay=0.1)
+    ref = p.detach().clone().tolist()
+    m = [0.0] * 5
+    v = [0.0] * 5
+    for t in range(1, 6):
+        grads = torch.randn(5, dtype=torch.float64)
+        p.grad = grads.clone()
+        opt.step()
+        for i, g in enumerate(grads.tolist()):
+            m[i] = 0.9 * m[i] + 0.1 * g
+            v[i] = 0.95 * v[i] + 0.05 * g * g
+            ref[i] *= 1 - 0.01 * 0.1
+            mh, vh = m[i] / (1 - 0.9**t), v[i] / (1 - 0.95**t)
+            ref[i] -= 0.01 * 1.27 * math.atan2(mh, math.sqrt(vh))
+    assert torch.allclose(p.detach(), torch.tensor(ref, dtype=torch.float64), atol=1e-12)
+
+
+def test_stablemax_matches_definition():
+    logits = torch.tensor([[[-2.0, 0.0, 3.0]]])
+    s = [1 / (1 + 2.0), 1.0, 4.0]
+    expected = torch.tensor([math.log(v / sum(s)) for v in s], dtype=torch.float64)
+    assert torch.allclose(stablemax_log_probs(logits)[0, 0], expected)
+    loss = token_loss(logits, torch.tensor([[2]]), "stablemax")
+    assert math.isclose(loss.item(), -expected[2].item(), rel_tol=1e-6)
+    ce = token_loss(logits, torch.tensor([[2]]), "ce")
+    assert math.isclose(ce.item(), -torch.log_softmax(logits[0, 0], -1)[2].item(), rel_tol=1e-6)
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(lr=1.0, lr_warmup=10, steps=110, lr_min_ratio=0.1)
+    assert lr_at(0, cfg) == 0.1 and lr_at(9, cfg) == 1.0
+    assert math.isclose(lr_at(110, cfg), 0.1)
+    assert math.isclose(lr_at(60, cfg), 0.55)
+    cfg.lr_schedule = "constant"
+    assert lr_at(100, cfg) == 1.0

@@ -1,0 +1,46 @@
+"""A run killed with SIGKILL and resumed logs exactly what the uninterrupted run logs."""
+
+import json
+import signal
+import subprocess
+import time
+
+from safetensors import safe_open
+
+from conftest import TINY
+
+ARGS = TINY + ["train.steps=40", "train.checkpoint_every=3", "train.eval_every=5", "task.train_size=32"]
+
+
+def logged(run):
+    keep = ("train", "val", "test")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("train_seconds", "total_seconds")} for r in rows if r["event"] in keep]
+
+
+def checkpoint_step(run):
+    try:
+        with safe_open(str(run / "checkpoint.safetensors"), framework="pt") as f:
+            return json.loads(f.metadata()["ponder"])["step"]
+    except Exception:
+        return 0
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, ponder_cmd):
+    full = tmp_path / "full"
+    subprocess.run(ponder_cmd + ["train", "--out", str(full), *ARGS], check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(ponder_cmd + ["train", "--out", str(killed), *ARGS], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while checkpoint_step(killed) < 6 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists(), "the run finished before it could be killed"
+    step = checkpoint_step(killed)
+    assert 6 <= step < 40
+
+    subprocess.run(ponder_cmd + ["train", "--resume", str(killed)], check=True, capture_output=True)
+    assert logged(killed) == logged(full)
+    assert not list(killed.glob("*.tmp"))

@@ -9,6 +9,7 @@ these signatures, so each verb takes the same arguments in both places.
 from __future__ import annotations
 
 import datetime
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def evaluate(run: str, data: str | None = None, segments: int | None = None, spl
     n_segments = segments or cfg.train.eval_segments
     if n_segments < 1:
         raise PonderInputError(f"--segments: expected >= 1, got {n_segments}")
-    result = evaluate_model(model, puzzles.inputs.to(device), puzzles.labels.to(device), n_segments, autocast=cfg.train.autocast)
+    result = evaluate_model(model, puzzles.inputs.to(device), puzzles.labels.to(device), n_segments, autocast=cfg.train.autocast, progress=sys.stderr.isatty())
     return {"data": source, **result.to_dict()}
 
 

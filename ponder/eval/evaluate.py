@@ -28,13 +28,18 @@ class EvalResult:
 
 
 @torch.no_grad()
-def run_segments(model, inputs: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none"):
+def run_segments(model, inputs: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none", progress: bool = False):
     """Predictions and halting logits after each segment.
 
     Returns preds (N, S, L) int64 and halt_logits (N, S) float, on the CPU."""
     device = next(model.parameters()).device
     preds, halts = [], []
-    for start in range(0, inputs.shape[0], batch_size):
+    starts = range(0, inputs.shape[0], batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"evaluating {inputs.shape[0]} examples x {segments} segments", unit="batch", leave=False)
+    for start in starts:
         tokens = inputs[start : start + batch_size].to(device)
         state, seg_preds, seg_halts = None, [], []
         for _ in range(segments):
@@ -57,10 +62,10 @@ def first_halt(halt_logits: torch.Tensor) -> torch.Tensor:
     return idx.long()
 
 
-def evaluate(model, inputs: torch.Tensor, labels: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none") -> EvalResult:
+def evaluate(model, inputs: torch.Tensor, labels: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none", progress: bool = False) -> EvalResult:
     was_training = model.training
     model.eval()
-    preds, halts = run_segments(model, inputs, segments, batch_size, autocast)
+    preds, halts = run_segments(model, inputs, segments, batch_size, autocast, progress)
     model.train(was_training)
     correct_cells = preds == labels[:, None, :]  # (N, S, L)
     exact = correct_cells.all(dim=-1)  # (N, S)

@@ -224,7 +224,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
         save_checkpoint(ckpt_path, model, ema, optimizer, {"step": step, "data_position": position, "config": cfg.to_dict(), "env": env})
 
     def validate(step: int) -> dict[str, Any]:
-        result = evaluate(ema.model if ema else model, data.val.inputs, data.val.labels, tc.eval_segments, autocast=tc.autocast)
+        result = evaluate(ema.model if ema else model, data.val.inputs, data.val.labels, tc.eval_segments, autocast=tc.autocast, progress=progress)
         record = {"event": "val", "step": step, **result.to_dict()}
         log.write(record)
         return record
@@ -264,7 +264,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
         bar.close()
     train_seconds = time.time() - train_start
 
-    final = evaluate(ema.model if ema else model, data.test.inputs, data.test.labels, tc.eval_segments, autocast=tc.autocast)
+    final = evaluate(ema.model if ema else model, data.test.inputs, data.test.labels, tc.eval_segments, autocast=tc.autocast, progress=progress)
     result = {"split": "test", "step": tc.steps, "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t0, 1), **final.to_dict()}
     log.write({"event": "test", **result})
     (out_dir / RESULTS).write_text(json.dumps(result, indent=2) + "\n")

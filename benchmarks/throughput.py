@@ -65,7 +65,7 @@ def measure(name: str, preset: str, overrides: dict, batch: int, device: torch.d
     one = tokens[:1]
     lat = []
     with torch.no_grad():
-        for k in range(repeats * 5 + 2):
+        for k in range(repeats * 10 + 2):
             sync(device)
             t0 = time.perf_counter()
             model(one)
@@ -91,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--segments", type=int, default=2, help="segments per training batch")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed training batches; 10x as many latency calls")
     parser.add_argument("--autocast", default="none", choices=["none", "bfloat16"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

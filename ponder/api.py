@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ponder.config import build_config, config_from_dict, load_yaml, parse_overrides, preset_names, preset_path
+from ponder.config import apply_values, build_config, load_yaml, parse_overrides, preset_names, preset_path
 from ponder.errors import PonderInputError
 from ponder.eval.evaluate import evaluate as evaluate_model
 from ponder.eval.evaluate import first_halt, run_segments
@@ -47,7 +47,7 @@ def train(overrides: list[str] | None = None, preset: str | None = None, config:
         if bad:
             raise PonderInputError(f"override '{bad[0]}': a resumed run keeps its config; only {', '.join(sorted(extendable))} may change")
         if pairs:
-            cfg = config_from_dict({**cfg.to_dict(), **_nest(pairs)}, "override")
+            apply_values(cfg, pairs, "override")
         return train_loop(cfg, Path(resume), resume=True, progress=progress)
     cfg = build_config(preset=preset, config_file=config, overrides=pairs)
     run_dir = Path(out) if out else _new_run_dir(preset or Path(config or "default").stem)
@@ -72,9 +72,7 @@ def evaluate(run: str, data: str | None = None, segments: int | None = None, spl
             raise PonderInputError(f"--split: expected test or val, got {split!r}")
         puzzles = load_split(cfg.task, split)
         source = f"{split} split of {run}"
-    n_segments = segments or cfg.train.eval_segments
-    if n_segments < 1:
-        raise PonderInputError(f"--segments: expected >= 1, got {n_segments}")
+    n_segments = check_segments(segments, cfg.train.eval_segments)
     result = evaluate_model(model, puzzles.inputs.to(device), puzzles.labels.to(device), n_segments, autocast=cfg.train.autocast, progress=sys.stderr.isatty())
     return {"data": source, **result.to_dict()}
 
@@ -89,7 +87,7 @@ def solve(run: str, puzzle: str, segments: int | None = None) -> dict[str, Any]:
     """
     grid = sudoku.parse_puzzle(puzzle, where="puzzle")
     cfg, model, device = load_trained(run)
-    n_segments = segments or cfg.train.eval_segments
+    n_segments = check_segments(segments, cfg.train.eval_segments)
     tokens = torch.from_numpy(grid).long()[None].to(device)  # (1, 81)
     preds, halts = run_segments(model, tokens, n_segments, autocast=cfg.train.autocast)
     stop = int(first_halt(halts)[0]) if cfg.model.halt else n_segments - 1
@@ -124,11 +122,19 @@ def load_trained(run: str | Path):
     run_dir = Path(run)
     cfg = load_run_config(run_dir)
     tensors, meta = read_checkpoint(run_dir / CHECKPOINT)
-    device = pick_device(cfg.train.device if cfg.train.device != "auto" else "auto")
+    device = pick_device(cfg.train.device)
     model = build_model(cfg.model, sudoku.VOCAB, sudoku.SIZE, sudoku.peer_mask())
     prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
     load_weights(model, tensors, prefix, run_dir / CHECKPOINT)
     return cfg, model.to(device).eval(), device
+
+
+def check_segments(segments: int | None, default: int) -> int:
+    if segments is None:
+        return default
+    if segments < 1:
+        raise PonderInputError(f"--segments: expected an integer >= 1, got {segments}")
+    return segments
 
 
 def _new_run_dir(tag: str) -> Path:
@@ -139,11 +145,3 @@ def _new_run_dir(tag: str) -> Path:
         k += 1
         path = Path("runs") / f"{tag}-{stamp}-{k}"
     return path
-
-
-def _nest(flat: dict[str, str]) -> dict[str, dict[str, str]]:
-    out: dict[str, dict[str, str]] = {}
-    for key, value in flat.items():
-        section, _, name = key.partition(".")
-        out.setdefault(section, {})[name] = value
-    return out

@@ -130,3 +130,17 @@ def test_real_process_exit_code(ponder_cmd, tmp_path):
     proc = subprocess.run(ponder_cmd + ["train", "--preset", "nope"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("ponder train: error: unknown preset") and proc.stderr.count("\n") == 1
+
+
+def test_resume_can_extend_a_finished_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    api.train(TINY, out=str(run), progress=False)
+    code, out, err = run_cli(capsys, "train", "--resume", run, "train.steps=6", "--json")
+    assert code == 0, err
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["event"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["event"] for r in log].count("test") == 1
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 6
+    assert json.loads((run / "config.json").read_text())["model"]["hidden"] == 16
+    code, _, err = run_cli(capsys, "train", "--resume", run, "model.hidden=32")
+    assert code == 2 and "a resumed run keeps its config" in err

@@ -67,7 +67,7 @@ def evaluate(model, inputs: torch.Tensor, labels: torch.Tensor, segments: int, b
     model.eval()
     preds, halts = run_segments(model, inputs, segments, batch_size, autocast, progress)
     model.train(was_training)
-    correct_cells = preds == labels[:, None, :]  # (N, S, L)
+    correct_cells = preds == labels.cpu()[:, None, :]  # (N, S, L)
     exact = correct_cells.all(dim=-1)  # (N, S)
     stop = first_halt(halts)  # (N,)
     return EvalResult(

@@ -47,6 +47,13 @@ RESULTS = "results.json"
 PLOT = "curves.png"
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write a small text file so a reader never sees it half-written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def pick_device(name: str) -> torch.device:
     if name != "auto":
         try:
@@ -67,10 +74,12 @@ def pick_device(name: str) -> torch.device:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Who ran this: versions, git revision of the ponder source, device."""
+    src = Path(ponder.__file__).parent
     try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(ponder.__file__).parent, capture_output=True, text=True, timeout=5
-        ).stdout.strip()
+        git = lambda *args: subprocess.run(["git", *args], cwd=src, capture_output=True, text=True, timeout=5).stdout.strip()  # noqa: E731
+        rev = git("rev-parse", "--short", "HEAD")
+        if rev and git("status", "--porcelain", "--untracked-files=no", "."):
+            rev += "+dirty"  # uncommitted changes to tracked files
     except (OSError, subprocess.SubprocessError):
         rev = ""
     env = {
@@ -155,12 +164,14 @@ def train_batch(model, optimizer, ema, cfg: RunConfig, tokens, labels, gen: torc
 
 
 class RunLog:
-    """Append-only JSONL metrics log; on resume, lines past the checkpoint are dropped."""
+    """Append-only JSONL metrics log. On resume, lines past the checkpoint (and any
+    final test line, which the resumed run writes again) are dropped."""
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            kept = [json.dumps(r) for r in records if r.get("step", 0) <= resume_step and r.get("event") != "test"]
             path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -194,9 +205,8 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
         torch.set_num_threads(tc.threads)
     device = pick_device(tc.device)
     ckpt_path = out_dir / CHECKPOINT
-    meta = None
     if resume:
-        _, meta = read_checkpoint(ckpt_path)  # validate before touching anything
+        read_checkpoint(ckpt_path)  # fail on a missing or corrupt checkpoint before any work
     elif out_dir.exists() and any(out_dir.iterdir()):
         raise PonderInputError(f"{out_dir}: folder exists and is not empty; use --resume {out_dir} or another --out")
 
@@ -205,6 +215,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model, data.vocab, data.seq_len, data.attention_mask).to(device)
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
+    eval_model = ema.model if ema else model
     optimizer = build_optimizer(model, tc)
     start = 0
     if resume:
@@ -212,8 +223,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
         start = int(meta["step"])
     out_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(out_dir / METRICS, resume_step=start if resume else None)
-    if not resume:
-        (out_dir / CONFIG).write_text(cfg.to_json() + "\n")
+    write_atomic(out_dir / CONFIG, cfg.to_json() + "\n")  # on resume: records any extended train.steps
     env = environment(device)
     log.write({"event": "resume" if resume else "start", "step": start, "env": env, "params": count_params(model), "data_seconds": round(time.time() - t0, 2)})
     if not quiet:
@@ -224,7 +234,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
         save_checkpoint(ckpt_path, model, ema, optimizer, {"step": step, "data_position": position, "config": cfg.to_dict(), "env": env})
 
     def validate(step: int) -> dict[str, Any]:
-        result = evaluate(ema.model if ema else model, data.val.inputs, data.val.labels, tc.eval_segments, autocast=tc.autocast, progress=progress)
+        result = evaluate(eval_model, data.val.inputs, data.val.labels, tc.eval_segments, autocast=tc.autocast, progress=progress)
         record = {"event": "val", "step": step, **result.to_dict()}
         log.write(record)
         return record
@@ -264,14 +274,11 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
         bar.close()
     train_seconds = time.time() - train_start
 
-    final = evaluate(ema.model if ema else model, data.test.inputs, data.test.labels, tc.eval_segments, autocast=tc.autocast, progress=progress)
+    final = evaluate(eval_model, data.test.inputs, data.test.labels, tc.eval_segments, autocast=tc.autocast, progress=progress)
     result = {"split": "test", "step": tc.steps, "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t0, 1), **final.to_dict()}
     log.write({"event": "test", **result})
-    (out_dir / RESULTS).write_text(json.dumps(result, indent=2) + "\n")
-    try:
-        from ponder.viz.plots import plot_run
+    write_atomic(out_dir / RESULTS, json.dumps(result, indent=2) + "\n")
+    from ponder.viz.plots import plot_run  # imported here: plots reads this module's log format
 
-        plot_run(out_dir)
-    except ImportError:
-        pass
+    plot_run(out_dir)
     return result

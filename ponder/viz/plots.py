@@ -27,7 +27,7 @@ def plot_run(run_dir: str | Path) -> Path:
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8)
     ax.set(xlabel="batch", ylabel="token loss", yscale="log", title="training loss")
     ax = axes[1]
-    ax.plot([r["step"] for r in train], [r["accuracy"] for r in train], lw=0.6, alpha=0.6, label="train batch (exact)")
+    ax.plot([r["step"] for r in train], [r["accuracy"] for r in train], lw=0.6, alpha=0.6, label="train batch (exact, at its halting segment)")
     if val:
         ax.plot([r["step"] for r in val], [r["exact_accuracy"] for r in val], "o-", label="validation (exact)")
     ax.set(xlabel="batch", ylabel="accuracy", ylim=(0, 1.02), title="accuracy during training")

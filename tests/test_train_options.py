@@ -1,0 +1,27 @@
+"""Each training option runs end to end on a tiny problem and learns something."""
+
+import json
+
+import pytest
+
+from conftest import TINY
+from ponder import api
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["model.mixer=mlp"],
+        ["train.optimizer=adamw", "train.loss=stablemax", "train.lr_schedule=constant"],
+        ["train.autocast=bfloat16"],
+        ["model.attention_mask=task", "model.rope=false"],
+        ["model.halt=false", "train.ema=0", "task.augment=false"],
+    ],
+)
+def test_option_trains(tmp_path, options):
+    run = tmp_path / "run"
+    result = api.train(TINY + ["train.steps=6"] + options, out=str(run), progress=False)
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if r["event"] == "train"]
+    assert losses[-1] < losses[0]
+    assert 0 <= result["exact_accuracy"] <= 1 and len(result["accuracy_by_segment"]) == 3

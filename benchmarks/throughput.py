@@ -32,7 +32,8 @@ from ponder.train.optim import build_optimizer
 # name -> (preset, overrides, batch size for the throughput measurement)
 CONFIGS = {
     "default (trm-sudoku-cpu)": ("trm-sudoku-cpu", {}, 64),
-    "paper Sudoku (trm-mlp-sudoku-paper)": ("trm-mlp-sudoku-paper", {}, 16),
+    "TRM paper Sudoku, MLP (trm-mlp-sudoku)": ("trm-mlp-sudoku", {}, 16),
+    "HRM paper Sudoku (hrm-sudoku)": ("hrm-sudoku", {}, 16),
 }
 
 

@@ -23,16 +23,19 @@ DEFAULT_PRESET = "trm-sudoku-cpu"
 
 @dataclass
 class ModelConfig:
-    family: str = "trm"
+    family: str = "trm"  # "trm" or "hrm"
     hidden: int = 128  # D
     heads: int = 4
-    layers: int = 2  # blocks in the shared network
+    layers: int = 2  # blocks per network (HRM: per module)
     expansion: float = 4.0  # SwiGLU width / hidden
+    mlp_multiple: int = 16  # SwiGLU inner width rounded up to this (HRM/TRM papers: 256)
     mixer: str = "attention"  # "attention" or "mlp" (sequence-axis MLP mixer)
     rope: bool = True  # rotary positions for attention; learned positions otherwise
     attention_mask: str = "none"  # "none" (all pairs) or "task" (the task's structure, e.g. Sudoku peers)
-    latent_steps: int = 2  # n: z-updates per cycle
-    cycles: int = 2  # T: cycles per segment, the first T-1 without gradient
+    latent_steps: int = 2  # inner steps per cycle: TRM n (z updates), HRM L_cycles
+    cycles: int = 2  # cycles per segment: TRM T, HRM H_cycles
+    grad_mode: str = "auto"  # which calls carry gradient: auto (the family's own), full, last_cycle, one_step, truncated
+    truncate_steps: int = 1  # with grad_mode=truncated: the last K network calls carry gradient
     halt: bool = True  # train a halting head and use it for early exit
 
 
@@ -90,7 +93,8 @@ class RunConfig:
 
 
 _CHOICES = {
-    ("model", "family"): ("trm",),
+    ("model", "family"): ("trm", "hrm"),
+    ("model", "grad_mode"): ("auto", "full", "last_cycle", "one_step", "truncated"),
     ("model", "mixer"): ("attention", "mlp"),
     ("model", "attention_mask"): ("none", "task"),
     ("task", "name"): ("sudoku",),
@@ -174,6 +178,8 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("model.layers", cfg.model.layers >= 1, ">= 1"),
         ("model.latent_steps", cfg.model.latent_steps >= 1, ">= 1"),
         ("model.cycles", cfg.model.cycles >= 1, ">= 1"),
+        ("model.truncate_steps", cfg.model.truncate_steps >= 1, ">= 1"),
+        ("model.mlp_multiple", cfg.model.mlp_multiple >= 1, ">= 1"),
         ("task.blanks", 0 <= cfg.task.blanks <= 64, "0..64"),
         ("task.train_size", cfg.task.train_size >= 1, ">= 1"),
         ("task.val_size", cfg.task.val_size >= 1, ">= 1"),

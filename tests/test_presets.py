@@ -22,3 +22,15 @@ def test_default_is_shipped_and_listed():
     listed = {row["name"]: row for row in api.presets()}
     assert set(listed) == set(preset_names())
     assert all(row["params"] > 0 and row["description"] for row in listed.values())
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("hrm-sudoku", 27.3e6), ("trm-sudoku", 7e6), ("trm-mlp-sudoku", 5e6)],
+)
+def test_paper_parameter_counts(name, expected):
+    """HRM's 27.3M is asserted to 1%; TRM's papers round to 7M and 5M (within 5%)."""
+    cfg = build_config(preset=name)
+    params = sum(p.numel() for p in build_model(cfg.model, VOCAB, SIZE).parameters())
+    tolerance = 0.01 if name.startswith("hrm") else 0.05
+    assert abs(params - expected) <= tolerance * expected, params

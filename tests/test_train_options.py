@@ -16,6 +16,8 @@ from ponder import api
         ["train.autocast=bfloat16"],
         ["model.attention_mask=task", "model.rope=false"],
         ["model.halt=false", "train.ema=0", "task.augment=false"],
+        ["model.family=hrm"],
+        ["model.grad_mode=truncated", "model.truncate_steps=2"],
     ],
 )
 def test_option_trains(tmp_path, options):

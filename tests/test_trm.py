@@ -1,63 +1,94 @@
-"""TRM's gradient rule against a slow, fully unrolled reference."""
+"""TRM and HRM gradient modes against a slow, fully unrolled reference."""
 
 import pytest
 import torch
 
-from ponder.models.trm import TRM
-from ponder.solvers import unroll
+from ponder.models import HRM, TRM
+from ponder.solvers import grad_steps, unroll
 
 
-def tiny_trm(**kw):
+def tiny(cls, **kw):
     torch.manual_seed(0)
     args = dict(vocab=10, seq_len=9, hidden=16, heads=2, layers=1, latent_steps=2, cycles=3)
     args.update(kw)
-    return TRM(**args).double()
+    return cls(**args).double()
 
 
-def reference_segment(model: TRM, tokens, state, grad_cycles):
-    """Every cycle written out with gradient on; the state is detached before the
-    last `grad_cycles` cycles, which is what running the others without grad means."""
+def reference_segment(model, tokens, state, grad_last):
+    """Every network call written out with gradient on; the state is detached right
+    before the last `grad_last` calls, which is what running the others without
+    gradient means for every parameter and for the input."""
     x = model.embed(tokens)
     y, z = state
-    for c in range(model.cycles):
-        if c == model.cycles - grad_cycles:
-            y, z = y.detach(), z.detach()
+    answer_net = model.answer_net if model.answer_net is not None else model.net
+    total = model.cycles * (model.latent_steps + 1)
+    k = 0
+    for _ in range(model.cycles):
         for _ in range(model.latent_steps):
+            if k == total - grad_last:
+                y, z = y.detach(), z.detach()
             z = model.net(z + y + x)
-        y = model.net(y + z)
+            k += 1
+        if k == total - grad_last:
+            y, z = y.detach(), z.detach()
+        y = answer_net(y + z)
+        k += 1
     return model.head(y), (y, z)
 
 
-@pytest.mark.parametrize("grad_cycles", [1, 2, 3])
-def test_segment_matches_unrolled_reference(grad_cycles):
-    model = tiny_trm(grad_cycles=grad_cycles)
+CASES = [
+    (TRM, "last_cycle", 1),
+    (TRM, "full", 1),
+    (TRM, "one_step", 1),
+    (TRM, "truncated", 4),
+    (HRM, "one_step", 1),
+    (HRM, "last_cycle", 1),
+    (HRM, "truncated", 1),
+    (HRM, "full", 1),
+]
+
+
+@pytest.mark.parametrize("cls, mode, truncate", CASES)
+def test_segment_matches_unrolled_reference(cls, mode, truncate):
+    model = tiny(cls, grad_mode=mode, truncate_steps=truncate)
     tokens = torch.randint(0, 10, (3, 9))
-    state = tuple(s.double() for s in model.init_state(3, 9))
+    state = model.init_state(3, 9)
     out = model(tokens, state)
-    ref_logits, ref_state = reference_segment(model, tokens, state, grad_cycles)
+    grad_last = grad_steps(mode, 9, 3, truncate)
+    ref_logits, ref_state = reference_segment(model, tokens, state, grad_last)
     assert torch.allclose(out.logits, ref_logits, atol=1e-12)
     assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(out.state, ref_state))
     g = torch.randn_like(ref_logits)
-    params = [p for p in model.parameters()]
+    names, params = zip(*model.named_parameters())
     fast = torch.autograd.grad(out.logits, params, g, allow_unused=True)
     slow = torch.autograd.grad(ref_logits, params, g, allow_unused=True)
-    for (name, _), a, b in zip(model.named_parameters(), fast, slow):
+    for name, a, b in zip(names, fast, slow):
         if b is None:
-            assert a is None or a.abs().max() == 0, name
+            assert a is None, name
         else:
-            assert torch.allclose(a, b, atol=1e-10), name
+            assert a is not None and torch.allclose(a, b, atol=1e-10), name
 
 
-def test_no_grad_cycles_record_no_graph():
-    model = tiny_trm(cycles=4, grad_cycles=1)
+def test_which_parameters_receive_gradient():
+    # HRM, gradient through the last call only (the H update): L and the input get none.
+    model = tiny(HRM, grad_mode="truncated", truncate_steps=1)
+    model(torch.randint(0, 10, (2, 9))).logits.sum().backward()
+    assert all(p.grad is None for p in model.net.parameters())
+    assert all(p.grad is None for p in model.embed.parameters())
+    assert all(p.grad is not None for p in model.answer_net.parameters())
+    # HRM's one-step rule: both modules and the input embedding get gradient.
+    model = tiny(HRM)
+    model(torch.randint(0, 10, (2, 9))).logits.sum().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if not n.startswith("halt_head"))
+
+
+def test_no_grad_calls_record_no_graph():
+    model = tiny(TRM, cycles=4)
     calls = []
     model.net.register_forward_hook(lambda m, i, o: calls.append(o.requires_grad))
-    out = model(torch.randint(0, 10, (2, 9)))
+    model(torch.randint(0, 10, (2, 9)))
     per_cycle = model.latent_steps + 1
     assert calls == [False] * (3 * per_cycle) + [True] * per_cycle
-    # The state after the no-grad cycles is a leaf: gradient stops there.
-    out.logits.sum().backward()
-    assert all(p.grad is not None for p in model.net.parameters())
 
 
 def test_unroll_counts_and_validates():
@@ -71,10 +102,12 @@ def test_unroll_counts_and_validates():
     assert seen == [False, False, False, True, True]
     with pytest.raises(ValueError):
         unroll(step, 0, 2, 3)
+    with pytest.raises(ValueError, match="gradient mode"):
+        grad_steps("sometimes", 4, 2)
 
 
-def test_segments_carry_state_and_detach():
-    model = tiny_trm()
+def test_segments_carry_state():
+    model = tiny(TRM)
     tokens = torch.randint(0, 10, (2, 9))
     first = model(tokens)
     second = model(tokens, tuple(s.detach() for s in first.state))

@@ -6,11 +6,24 @@ import torch
 import torch.nn as nn
 
 from ponder.config import ModelConfig
-from ponder.models.trm import TRM, SegmentOutput
+from ponder.models.base import RecurrentModel, SegmentOutput
+from ponder.models.hrm import HRM
+from ponder.models.trm import TRM
+
+# family name -> (class, its own gradient mode). Add a family by adding one entry.
+REGISTRY: dict[str, tuple[type[RecurrentModel], str]] = {
+    "trm": (TRM, "last_cycle"),
+    "hrm": (HRM, "one_step"),
+}
 
 
-def build_trm(cfg: ModelConfig, vocab: int, seq_len: int, task_mask: torch.Tensor | None) -> TRM:
-    return TRM(
+def build_model(cfg: ModelConfig, vocab: int, seq_len: int, task_mask: torch.Tensor | None = None) -> RecurrentModel:
+    """`task_mask`: the task's (L, L) attention structure, used when
+    `cfg.attention_mask == "task"`."""
+    if cfg.attention_mask == "task" and task_mask is None:
+        raise ValueError("model.attention_mask=task but the task defines no attention structure")
+    cls, own_grad_mode = REGISTRY[cfg.family]
+    return cls(
         vocab=vocab,
         seq_len=seq_len,
         hidden=cfg.hidden,
@@ -21,24 +34,15 @@ def build_trm(cfg: ModelConfig, vocab: int, seq_len: int, task_mask: torch.Tenso
         rope=cfg.rope,
         latent_steps=cfg.latent_steps,
         cycles=cfg.cycles,
+        grad_mode=own_grad_mode if cfg.grad_mode == "auto" else cfg.grad_mode,
+        truncate_steps=cfg.truncate_steps,
+        mlp_multiple=cfg.mlp_multiple,
         attention_mask=task_mask if cfg.attention_mask == "task" else None,
     )
-
-
-# family name -> builder(config, vocab, seq_len, task_mask). Add a family by adding one entry.
-REGISTRY = {"trm": build_trm}
-
-
-def build_model(cfg: ModelConfig, vocab: int, seq_len: int, task_mask: torch.Tensor | None = None) -> nn.Module:
-    """`task_mask`: the task's (L, L) attention structure, used when
-    `cfg.attention_mask == "task"`."""
-    if cfg.attention_mask == "task" and task_mask is None:
-        raise ValueError("model.attention_mask=task but the task defines no attention structure")
-    return REGISTRY[cfg.family](cfg, vocab, seq_len, task_mask)
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["REGISTRY", "TRM", "SegmentOutput", "build_model", "count_params"]
+__all__ = ["HRM", "REGISTRY", "TRM", "RecurrentModel", "SegmentOutput", "build_model", "count_params"]

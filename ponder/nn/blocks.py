@@ -33,12 +33,13 @@ class RMSNorm(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """Gated MLP `down(silu(gate(x)) * up(x))` on the last axis; hidden width is
-    `expansion * dim` rounded up to a multiple of 16."""
+    """Gated MLP `down(silu(gate(x)) * up(x))` on the last axis; the inner width is
+    `2/3 * expansion * dim` (so the parameter count matches a plain MLP of width
+    `expansion * dim`), rounded up to a multiple of `multiple` (HRM/TRM use 256)."""
 
-    def __init__(self, dim: int, expansion: float = 4.0):
+    def __init__(self, dim: int, expansion: float = 4.0, multiple: int = 16):
         super().__init__()
-        inner = int(math.ceil(expansion * dim * 2 / 3 / 16) * 16)
+        inner = int(math.ceil(round(expansion * dim * 2 / 3) / multiple) * multiple)
         self.gate_up = nn.Linear(dim, 2 * inner, bias=False)
         self.down = nn.Linear(inner, dim, bias=False)
 
@@ -100,9 +101,9 @@ class SequenceMLP(nn.Module):
     position reads every other through learned, input-independent weights. It suits
     tasks with a fixed layout (Sudoku) and needs a fixed sequence length."""
 
-    def __init__(self, seq_len: int, expansion: float = 4.0):
+    def __init__(self, seq_len: int, expansion: float = 4.0, multiple: int = 16):
         super().__init__()
-        self.mlp = SwiGLU(seq_len, expansion)
+        self.mlp = SwiGLU(seq_len, expansion, multiple)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x.transpose(1, 2)).transpose(1, 2)  # (B, L, D) -> (B, D, L) -> (B, L, D)
@@ -111,15 +112,18 @@ class SequenceMLP(nn.Module):
 class Block(nn.Module):
     """Post-norm block: token mixer (attention or sequence MLP), then channel SwiGLU."""
 
-    def __init__(self, dim: int, heads: int, expansion: float, mixer: str, seq_len: int, rotary: Rotary | None, mask: torch.Tensor | None = None):
+    def __init__(
+        self, dim: int, heads: int, expansion: float, mixer: str, seq_len: int, rotary: Rotary | None,
+        mask: torch.Tensor | None = None, mlp_multiple: int = 16,
+    ):
         super().__init__()
         if mixer == "attention":
             self.mix = Attention(dim, heads, rotary, mask)
         elif mixer == "mlp":
-            self.mix = SequenceMLP(seq_len, expansion)
+            self.mix = SequenceMLP(seq_len, expansion, mlp_multiple)
         else:
             raise ValueError(f"mixer: expected 'attention' or 'mlp', got {mixer!r}")
-        self.mlp = SwiGLU(dim, expansion)
+        self.mlp = SwiGLU(dim, expansion, mlp_multiple)
         self.norm1 = RMSNorm(dim)
         self.norm2 = RMSNorm(dim)
 
@@ -131,10 +135,13 @@ class Block(nn.Module):
 class Stack(nn.Module):
     """`layers` blocks applied in order: the small network a recurrent model reuses."""
 
-    def __init__(self, dim: int, heads: int, layers: int, expansion: float, mixer: str, seq_len: int, rope: bool, mask: torch.Tensor | None = None):
+    def __init__(
+        self, dim: int, heads: int, layers: int, expansion: float, mixer: str, seq_len: int, rope: bool,
+        mask: torch.Tensor | None = None, mlp_multiple: int = 16,
+    ):
         super().__init__()
         rotary = Rotary(dim // heads, seq_len) if (rope and mixer == "attention") else None
-        self.blocks = nn.ModuleList(Block(dim, heads, expansion, mixer, seq_len, rotary, mask) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(dim, heads, expansion, mixer, seq_len, rotary, mask, mlp_multiple) for _ in range(layers))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:

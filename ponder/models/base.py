@@ -1,0 +1,74 @@
+"""What every recurrent family shares: the input embedding, the answer and halting
+heads, fixed initial latents, and the segment driver.
+
+A family subclasses `RecurrentModel` and defines two things: `schedule(x)`, the list of
+its network calls in order (each maps the state tuple to the next state tuple), and
+`readout(state)`, the latent the heads read. `forward` runs one deep-supervision
+segment: the schedule once, with the family's gradient mode deciding which trailing
+calls carry gradient (`ponder.solvers.unroll`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ponder.nn.blocks import InputEmbedding
+from ponder.solvers import grad_steps, run_schedule
+
+State = tuple[torch.Tensor, ...]  # each (B, L, D)
+
+
+@dataclass
+class SegmentOutput:
+    state: State  # the latents after this segment
+    logits: torch.Tensor  # (B, L, V)
+    halt_logits: torch.Tensor  # (B,) > 0 means "my whole answer is right, stop"
+
+
+class RecurrentModel(nn.Module):
+    """Base class; subclasses build `self.embed` and their networks, then call
+    `self.add_heads(...)` last so that parameter initialisation order is fixed."""
+
+    def __init__(self, grad_mode: str, truncate_steps: int, calls_per_cycle: int):
+        super().__init__()
+        grad_steps(grad_mode, calls_per_cycle, calls_per_cycle, truncate_steps)  # validate early
+        self.grad_mode = grad_mode
+        self.truncate_steps = truncate_steps
+        self.calls_per_cycle = calls_per_cycle
+        self.embed: InputEmbedding
+
+    def add_heads(self, hidden: int, vocab: int, latents: int) -> None:
+        self.head = nn.Linear(hidden, vocab, bias=False)
+        self.halt_head = nn.Linear(hidden, 1)  # per-position "this cell is settled" logit
+        # Start by never halting, as HRM/TRM do, so early training explores all segments.
+        nn.init.zeros_(self.halt_head.weight)
+        nn.init.constant_(self.halt_head.bias, -5.0)
+        # Fixed (not learned) initial latents: one vector per latent, broadcast over positions.
+        self.register_buffer("latent_init", torch.stack([torch.randn(hidden) for _ in range(latents)]))
+
+    def init_state(self, batch: int, seq_len: int) -> State:
+        return tuple(v.expand(batch, seq_len, -1).clone() for v in self.latent_init)
+
+    def schedule(self, x: torch.Tensor) -> list[Callable[[State], State]]:
+        raise NotImplementedError
+
+    def readout(self, state: State) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, tokens: torch.Tensor, state: State | None = None, task_ids: torch.Tensor | None = None) -> SegmentOutput:
+        """tokens: (B, L) ints. Runs one segment from `state` (None: the initial state)."""
+        B, L = tokens.shape
+        x = self.embed(tokens, task_ids)  # (B, L, D)
+        if state is None:
+            state = self.init_state(B, L)
+        calls = self.schedule(x)
+        state = run_schedule(calls, state, grad_steps(self.grad_mode, len(calls), self.calls_per_cycle, self.truncate_steps))
+        y = self.readout(state)  # (B, L, D)
+        logits = self.head(y)  # (B, L, V)
+        # The whole answer is right only if every position is: halt on the least sure one.
+        halt_logits = self.halt_head(y).squeeze(-1).amin(dim=1)  # (B, L) -> (B,)
+        return SegmentOutput(state=state, logits=logits, halt_logits=halt_logits)

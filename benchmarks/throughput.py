@@ -43,7 +43,7 @@ def sync(device: torch.device) -> None:
 
 
 def measure(name: str, preset: str, overrides: dict, batch: int, device: torch.device, segments: int, repeats: int, autocast: str) -> dict:
-    cfg = build_config(preset=preset, overrides={**overrides, "model.halt": "false", "train.max_segments": str(segments), "train.autocast": autocast})
+    cfg = build_config(preset=preset, overrides={**overrides, "model.halting": "none", "train.max_segments": str(segments), "train.autocast": autocast})
     torch.manual_seed(0)
     model = build_model(cfg.model, VOCAB, SIZE, peer_mask()).to(device)
     optimizer = build_optimizer(model, cfg.train)

@@ -90,7 +90,8 @@ def solve(run: str, puzzle: str, segments: int | None = None) -> dict[str, Any]:
     n_segments = check_segments(segments, cfg.train.eval_segments)
     tokens = torch.from_numpy(grid).long()[None].to(device)  # (1, 81)
     preds, halts = run_segments(model, tokens, n_segments, autocast=cfg.train.autocast)
-    stop = int(first_halt(halts)[0]) if cfg.model.halt else n_segments - 1
+    halting = cfg.model.halting != "none"
+    stop = int(first_halt(halts)[0]) if halting else n_segments - 1
     answer = preds[0, stop].numpy()
     valid = sudoku.is_solution(answer) and bool(((grid == 0) | (grid == answer)).all())
     steps_per_segment = cfg.model.cycles * (cfg.model.latent_steps + 1)
@@ -100,7 +101,7 @@ def solve(run: str, puzzle: str, segments: int | None = None) -> dict[str, Any]:
         "valid": valid,
         "segments": stop + 1,
         "network_calls": (stop + 1) * steps_per_segment,
-        "halted": bool(cfg.model.halt and halts[0, stop] > 0),
+        "halted": bool(halting and halts[0, stop] > 0),
     }
 
 

@@ -36,7 +36,7 @@ class ModelConfig:
     cycles: int = 2  # cycles per segment: TRM T, HRM H_cycles
     grad_mode: str = "auto"  # which calls carry gradient: auto (the family's own), full, last_cycle, one_step, truncated
     truncate_steps: int = 1  # with grad_mode=truncated: the last K network calls carry gradient
-    halt: bool = True  # train a halting head and use it for early exit
+    halting: str = "bce"  # none (fixed segments), bce (TRM: "is my answer right?"), act_q (HRM: Q-learning)
 
 
 @dataclass
@@ -94,6 +94,7 @@ class RunConfig:
 
 _CHOICES = {
     ("model", "family"): ("trm", "hrm"),
+    ("model", "halting"): ("none", "bce", "act_q"),
     ("model", "grad_mode"): ("auto", "full", "last_cycle", "one_step", "truncated"),
     ("model", "mixer"): ("attention", "mlp"),
     ("model", "attention_mask"): ("none", "task"),

@@ -45,3 +45,22 @@ def test_lr_schedule():
     assert math.isclose(lr_at(60, cfg), 0.55)
     cfg.lr_schedule = "constant"
     assert lr_at(100, cfg) == 1.0
+
+
+def test_act_q_loss_matches_definition():
+    from ponder.train.losses import act_q_loss
+
+    def bce(logit, target):
+        p = 1 / (1 + math.exp(-logit))
+        return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    q = torch.tensor([[0.3, -0.2], [-1.0, 2.0]])
+    nxt = torch.tensor([[1.5, 0.5], [-0.5, 0.7]])
+    correct = torch.tensor([True, False])
+    got = act_q_loss(q, correct, nxt, is_last=False)
+    want = [bce(0.3, 1) + bce(-0.2, sig(1.5)), bce(-1.0, 0) + bce(2.0, sig(0.7))]
+    assert torch.allclose(got, torch.tensor(want), atol=1e-6)
+    last = act_q_loss(q, correct, nxt, is_last=True)
+    want = [bce(0.3, 1) + bce(-0.2, sig(1.5)), bce(-1.0, 0) + bce(2.0, sig(-0.5))]
+    assert torch.allclose(last, torch.tensor(want), atol=1e-6)

@@ -15,8 +15,8 @@ from ponder import api
         ["train.optimizer=adamw", "train.loss=stablemax", "train.lr_schedule=constant"],
         ["train.autocast=bfloat16"],
         ["model.attention_mask=task", "model.rope=false"],
-        ["model.halt=false", "train.ema=0", "task.augment=false"],
-        ["model.family=hrm"],
+        ["model.halting=none", "train.ema=0", "task.augment=false"],
+        ["model.family=hrm", "model.halting=act_q"],
         ["model.grad_mode=truncated", "model.truncate_steps=2"],
     ],
 )

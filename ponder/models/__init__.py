@@ -38,6 +38,7 @@ def build_model(cfg: ModelConfig, vocab: int, seq_len: int, task_mask: torch.Ten
         truncate_steps=cfg.truncate_steps,
         mlp_multiple=cfg.mlp_multiple,
         attention_mask=task_mask if cfg.attention_mask == "task" else None,
+        halting=cfg.halting,
     )
 
 

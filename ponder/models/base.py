@@ -26,15 +26,17 @@ State = tuple[torch.Tensor, ...]  # each (B, L, D)
 class SegmentOutput:
     state: State  # the latents after this segment
     logits: torch.Tensor  # (B, L, V)
-    halt_logits: torch.Tensor  # (B,) > 0 means "my whole answer is right, stop"
+    halt_logits: torch.Tensor  # (B,) > 0 means "stop": the answer is right (bce) / halting is worth more (act_q)
+    q_logits: torch.Tensor | None = None  # (B, 2) (halt, continue) Q-value logits, with halting=act_q
 
 
 class RecurrentModel(nn.Module):
     """Base class; subclasses build `self.embed` and their networks, then call
     `self.add_heads(...)` last so that parameter initialisation order is fixed."""
 
-    def __init__(self, grad_mode: str, truncate_steps: int, calls_per_cycle: int):
+    def __init__(self, grad_mode: str, truncate_steps: int, calls_per_cycle: int, halting: str = "bce"):
         super().__init__()
+        self.halting = halting
         grad_steps(grad_mode, calls_per_cycle, calls_per_cycle, truncate_steps)  # validate early
         self.grad_mode = grad_mode
         self.truncate_steps = truncate_steps
@@ -43,7 +45,8 @@ class RecurrentModel(nn.Module):
 
     def add_heads(self, hidden: int, vocab: int, latents: int) -> None:
         self.head = nn.Linear(hidden, vocab, bias=False)
-        self.halt_head = nn.Linear(hidden, 1)  # per-position "this cell is settled" logit
+        # bce: a per-position "this cell is settled" logit; act_q: (halt, continue) Q logits of the pooled state.
+        self.halt_head = nn.Linear(hidden, 2 if self.halting == "act_q" else 1)
         # Start by never halting, as HRM/TRM do, so early training explores all segments.
         nn.init.zeros_(self.halt_head.weight)
         nn.init.constant_(self.halt_head.bias, -5.0)
@@ -69,6 +72,9 @@ class RecurrentModel(nn.Module):
         state = run_schedule(calls, state, grad_steps(self.grad_mode, len(calls), self.calls_per_cycle, self.truncate_steps))
         y = self.readout(state)  # (B, L, D)
         logits = self.head(y)  # (B, L, V)
+        if self.halting == "act_q":
+            q = self.halt_head(y.mean(dim=1))  # (B, 2): halt, continue
+            return SegmentOutput(state=state, logits=logits, halt_logits=q[:, 0] - q[:, 1], q_logits=q)
         # The whole answer is right only if every position is: halt on the least sure one.
         halt_logits = self.halt_head(y).squeeze(-1).amin(dim=1)  # (B, L) -> (B,)
         return SegmentOutput(state=state, logits=logits, halt_logits=halt_logits)

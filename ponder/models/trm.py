@@ -40,8 +40,9 @@ class TRM(RecurrentModel):
         num_tasks: int = 0,
         attention_mask: torch.Tensor | None = None,
         separate_answer_network: bool = False,
+        halting: str = "bce",
     ):
-        super().__init__(grad_mode, truncate_steps, calls_per_cycle=latent_steps + 1)
+        super().__init__(grad_mode, truncate_steps, calls_per_cycle=latent_steps + 1, halting=halting)
         self.latent_steps = latent_steps
         self.cycles = cycles
         use_rope = rope and mixer == "attention"

@@ -38,7 +38,7 @@ from ponder.tasks import Split, load_task
 from ponder.tasks.sudoku import augment_batch
 from ponder.train.checkpoint import CHECKPOINT, read_checkpoint, restore, save_checkpoint
 from ponder.train.ema import EMA
-from ponder.train.losses import token_loss
+from ponder.train.losses import act_q_loss, token_loss
 from ponder.train.optim import build_optimizer, lr_at
 
 METRICS = "metrics.jsonl"
@@ -115,6 +115,17 @@ def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 7919 + step) * 16 + stream)
 
 
+def halting_loss(model, cfg: RunConfig, out, correct: torch.Tensor, tokens: torch.Tensor, is_last: bool) -> torch.Tensor:
+    """Per-example loss of the halting head (zeros with halting=none)."""
+    if cfg.model.halting == "bce":
+        return F.binary_cross_entropy_with_logits(out.halt_logits.float(), correct.float(), reduction="none")
+    if cfg.model.halting == "act_q":
+        with torch.no_grad():  # the next segment's Q values bootstrap the target, as in HRM
+            next_q = model(tokens, tuple(s.detach() for s in out.state)).q_logits
+        return act_q_loss(out.q_logits, correct, next_q, is_last)
+    return torch.zeros_like(correct, dtype=torch.float32)
+
+
 def train_batch(model, optimizer, ema, cfg: RunConfig, tokens, labels, gen: torch.Generator, device) -> dict[str, float]:
     """Deep supervision on one batch; returns the batch's training metrics."""
     tc = cfg.train
@@ -134,8 +145,8 @@ def train_batch(model, optimizer, ema, cfg: RunConfig, tokens, labels, gen: torc
             target = labels[active]
             loss_tok = token_loss(out.logits, target, tc.loss)  # (b,)
             correct = (out.logits.argmax(-1) == target).all(dim=-1)  # (b,)
-            halt_loss = F.binary_cross_entropy_with_logits(out.halt_logits.float(), correct.float(), reduction="none")
-            loss = loss_tok.mean() + (tc.halt_loss_weight * halt_loss.mean() if cfg.model.halt else 0.0)
+            halt_loss = halting_loss(model, cfg, out, correct, tokens[active], is_last=seg + 1 == tc.max_segments)  # (b,)
+            loss = loss_tok.mean() + tc.halt_loss_weight * halt_loss.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -147,7 +158,7 @@ def train_batch(model, optimizer, ema, cfg: RunConfig, tokens, labels, gen: torc
         final_correct[active] = correct
         segments_used[active] = seg + 1
         halted = torch.full_like(correct, seg + 1 == tc.max_segments)
-        if cfg.model.halt:
+        if cfg.model.halting != "none":
             halted |= (out.halt_logits.detach() > 0) & (seg + 1 >= min_segments[active])
         keep = ~halted
         active = active[keep]

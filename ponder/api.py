@@ -18,7 +18,7 @@ import torch
 from ponder.config import apply_values, build_config, load_yaml, parse_overrides, preset_names, preset_path
 from ponder.errors import PonderInputError
 from ponder.eval.evaluate import evaluate as evaluate_model
-from ponder.eval.evaluate import first_halt, run_segments
+from ponder.eval.evaluate import run_early_exit
 from ponder.models import build_model, count_params
 from ponder.tasks import file_split, load_split
 from ponder.tasks import sudoku
@@ -89,19 +89,17 @@ def solve(run: str, puzzle: str, segments: int | None = None) -> dict[str, Any]:
     cfg, model, device = load_trained(run)
     n_segments = check_segments(segments, cfg.train.eval_segments)
     tokens = torch.from_numpy(grid).long()[None].to(device)  # (1, 81)
-    preds, halts = run_segments(model, tokens, n_segments, autocast=cfg.train.autocast)
     halting = cfg.model.halting != "none"
-    stop = int(first_halt(halts)[0]) if halting else n_segments - 1
-    answer = preds[0, stop].numpy()
+    preds, used = run_early_exit(model, tokens, n_segments, autocast=cfg.train.autocast, halting=halting)
+    answer, segments_used = preds[0].numpy(), int(used[0])
     valid = sudoku.is_solution(answer) and bool(((grid == 0) | (grid == answer)).all())
-    steps_per_segment = cfg.model.cycles * (cfg.model.latent_steps + 1)
     return {
         "puzzle": sudoku.format_grid(grid),
         "solution": sudoku.format_grid(answer),
         "valid": valid,
-        "segments": stop + 1,
-        "network_calls": (stop + 1) * steps_per_segment,
-        "halted": bool(halting and halts[0, stop] > 0),
+        "segments": segments_used,
+        "network_calls": segments_used * cfg.model.cycles * (cfg.model.latent_steps + 1),
+        "halted": segments_used < n_segments,
     }
 
 

@@ -113,3 +113,23 @@ def test_segments_carry_state():
     second = model(tokens, tuple(s.detach() for s in first.state))
     assert not torch.allclose(first.logits, second.logits)
     assert second.halt_logits.shape == (2,)
+
+
+def test_early_exit_row_equals_running_it_alone():
+    from ponder.eval.evaluate import first_halt, run_early_exit, run_segments
+
+    model = tiny(TRM).eval()
+    with torch.no_grad():  # make some rows halt early: a bias between "never" and "always"
+        model.halt_head.bias.fill_(0.0)
+        model.halt_head.weight.normal_(0, 0.5)
+    tokens = torch.randint(0, 10, (12, 9))
+    preds, used = run_early_exit(model, tokens, max_segments=5, batch_size=12)
+    assert 1 <= used.min() and used.max() <= 5 and len(set(used.tolist())) > 1
+    for i in range(12):
+        alone, alone_used = run_early_exit(model, tokens[i : i + 1], max_segments=5)
+        assert torch.equal(alone[0], preds[i]) and alone_used[0] == used[i]
+    # The per-segment record gives the same halting answers as the real early exit.
+    record, halts = run_segments(model, tokens, 5)
+    stop = first_halt(halts)
+    assert torch.equal(stop + 1, used)
+    assert torch.equal(record[torch.arange(12), stop], preds)

@@ -53,6 +53,35 @@ def run_segments(model, inputs: torch.Tensor, segments: int, batch_size: int = 2
     return torch.cat(preds), torch.cat(halts)
 
 
+@torch.no_grad()
+def run_early_exit(model, inputs: torch.Tensor, max_segments: int, batch_size: int = 256, autocast: str = "none", halting: bool = True):
+    """Real per-example early exit: after each segment, rows whose halting logit is
+    positive keep their answer and leave the batch, so later segments cost only the
+    rows still thinking. A halted row's answer is the one it gets when run alone.
+    `halting=False` runs every row for `max_segments`.
+
+    Returns preds (N, L) int64 and segments used (N,) int64, on the CPU."""
+    device = next(model.parameters()).device
+    preds = torch.zeros(inputs.shape, dtype=torch.long)
+    used = torch.zeros(inputs.shape[0], dtype=torch.long)
+    for start in range(0, inputs.shape[0], batch_size):
+        tokens = inputs[start : start + batch_size].to(device)
+        rows = torch.arange(start, start + tokens.shape[0])  # dataset rows still thinking
+        state = None
+        for seg in range(max_segments):
+            with _autocast(device, autocast):
+                out = model(tokens, state)
+            done = ((out.halt_logits > 0).cpu() & halting) | (seg + 1 == max_segments)
+            preds[rows[done]] = out.logits.argmax(-1).cpu()[done]
+            used[rows[done]] = seg + 1
+            keep = ~done
+            if not keep.any():
+                break
+            rows, tokens = rows[keep], tokens[keep.to(device)]
+            state = tuple(s[keep.to(device)] for s in out.state)
+    return preds, used
+
+
 def first_halt(halt_logits: torch.Tensor) -> torch.Tensor:
     """(N, S) halting logits -> (N,) index of the first segment with a positive logit,
     or the last segment when none is positive."""

@@ -78,7 +78,7 @@ def measure(name: str, preset: str, overrides: dict, batch: int, device: torch.d
         "params": count_params(model),
         "hidden": cfg.model.hidden,
         "mixer": cfg.model.mixer,
-        "network_calls_per_segment": cfg.model.cycles * (cfg.model.latent_steps + 1),
+        "network_calls_per_segment": model.calls_per_segment,
         "batch": batch,
         "segments": segments,
         "device": str(device),

@@ -98,7 +98,7 @@ def solve(run: str, puzzle: str, segments: int | None = None) -> dict[str, Any]:
         "solution": sudoku.format_grid(answer),
         "valid": valid,
         "segments": segments_used,
-        "network_calls": segments_used * cfg.model.cycles * (cfg.model.latent_steps + 1),
+        "network_calls": segments_used * model.calls_per_segment,
         "halted": segments_used < n_segments,
     }
 

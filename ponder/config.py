@@ -23,7 +23,7 @@ DEFAULT_PRESET = "trm-sudoku-cpu"
 
 @dataclass
 class ModelConfig:
-    family: str = "trm"  # "trm" or "hrm"
+    family: str = "trm"  # "trm", "hrm" or "transformer" (no recurrence: the baseline)
     hidden: int = 128  # D
     heads: int = 4
     layers: int = 2  # blocks per network (HRM: per module)
@@ -93,7 +93,7 @@ class RunConfig:
 
 
 _CHOICES = {
-    ("model", "family"): ("trm", "hrm"),
+    ("model", "family"): ("trm", "hrm", "transformer"),
     ("model", "halting"): ("none", "bce", "act_q"),
     ("model", "grad_mode"): ("auto", "full", "last_cycle", "one_step", "truncated"),
     ("model", "mixer"): ("attention", "mlp"),

@@ -34,3 +34,11 @@ def test_paper_parameter_counts(name, expected):
     params = sum(p.numel() for p in build_model(cfg.model, VOCAB, SIZE).parameters())
     tolerance = 0.01 if name.startswith("hrm") else 0.05
     assert abs(params - expected) <= tolerance * expected, params
+
+
+def test_transformer_baseline_is_parameter_matched():
+    def params(name):
+        cfg = build_config(preset=name)
+        return sum(p.numel() for p in build_model(cfg.model, VOCAB, SIZE).parameters())
+
+    assert params("transformer-sudoku") == params("trm-sudoku")

@@ -17,6 +17,7 @@ from ponder import api
         ["model.attention_mask=task", "model.rope=false"],
         ["model.halting=none", "train.ema=0", "task.augment=false"],
         ["model.family=hrm", "model.halting=act_q"],
+        ["model.family=transformer"],
         ["model.grad_mode=truncated", "model.truncate_steps=2"],
     ],
 )

@@ -8,12 +8,14 @@ import torch.nn as nn
 from ponder.config import ModelConfig
 from ponder.models.base import RecurrentModel, SegmentOutput
 from ponder.models.hrm import HRM
+from ponder.models.transformer import Transformer
 from ponder.models.trm import TRM
 
 # family name -> (class, its own gradient mode). Add a family by adding one entry.
 REGISTRY: dict[str, tuple[type[RecurrentModel], str]] = {
     "trm": (TRM, "last_cycle"),
     "hrm": (HRM, "one_step"),
+    "transformer": (Transformer, "full"),
 }
 
 
@@ -46,4 +48,4 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["HRM", "REGISTRY", "TRM", "RecurrentModel", "SegmentOutput", "build_model", "count_params"]
+__all__ = ["HRM", "REGISTRY", "TRM", "Transformer", "RecurrentModel", "SegmentOutput", "build_model", "count_params"]

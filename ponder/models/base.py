@@ -41,6 +41,7 @@ class RecurrentModel(nn.Module):
         self.grad_mode = grad_mode
         self.truncate_steps = truncate_steps
         self.calls_per_cycle = calls_per_cycle
+        self.calls_per_segment: int  # network calls in one segment (set by the family)
         self.embed: InputEmbedding
 
     def add_heads(self, hidden: int, vocab: int, latents: int) -> None:

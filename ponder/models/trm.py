@@ -45,6 +45,7 @@ class TRM(RecurrentModel):
         super().__init__(grad_mode, truncate_steps, calls_per_cycle=latent_steps + 1, halting=halting)
         self.latent_steps = latent_steps
         self.cycles = cycles
+        self.calls_per_segment = cycles * (latent_steps + 1)
         use_rope = rope and mixer == "attention"
         self.embed = InputEmbedding(vocab, hidden, seq_len, learned_positions=not use_rope, num_tasks=num_tasks)
         stack = dict(dim=hidden, heads=heads, layers=layers, expansion=expansion, mixer=mixer, seq_len=seq_len, rope=use_rope, mask=attention_mask, mlp_multiple=mlp_multiple)

@@ -23,7 +23,7 @@ DEFAULT_PRESET = "trm-sudoku-cpu"
 
 @dataclass
 class ModelConfig:
-    family: str = "trm"  # "trm", "hrm" or "transformer" (no recurrence: the baseline)
+    family: str = "trm"  # "trm", "hrm", "looped" (Universal Transformer) or "transformer" (the baseline)
     hidden: int = 128  # D
     heads: int = 4
     layers: int = 2  # blocks per network (HRM: per module)
@@ -37,6 +37,9 @@ class ModelConfig:
     grad_mode: str = "auto"  # which calls carry gradient: auto (the family's own), full, last_cycle, one_step, truncated
     truncate_steps: int = 1  # with grad_mode=truncated: the last K network calls carry gradient
     halting: str = "bce"  # none (fixed segments), bce (TRM: "is my answer right?"), act_q (HRM: Q-learning)
+    act: bool = True  # looped: per-position ACT inside a segment (else always `cycles` steps)
+    ponder_cost: float = 0.01  # looped: weight of the ACT ponder cost N + R in the loss
+    score_dt: float = 0.0  # looped: SCORE's contractive step h = (1 - dt) h + dt F(h); 0 = plain h = F(h)
 
 
 @dataclass
@@ -93,7 +96,7 @@ class RunConfig:
 
 
 _CHOICES = {
-    ("model", "family"): ("trm", "hrm", "transformer"),
+    ("model", "family"): ("trm", "hrm", "looped", "transformer"),
     ("model", "halting"): ("none", "bce", "act_q"),
     ("model", "grad_mode"): ("auto", "full", "last_cycle", "one_step", "truncated"),
     ("model", "mixer"): ("attention", "mlp"),
@@ -180,6 +183,8 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("model.latent_steps", cfg.model.latent_steps >= 1, ">= 1"),
         ("model.cycles", cfg.model.cycles >= 1, ">= 1"),
         ("model.truncate_steps", cfg.model.truncate_steps >= 1, ">= 1"),
+        ("model.score_dt", 0 <= cfg.model.score_dt < 1, "in [0, 1)"),
+        ("model.ponder_cost", cfg.model.ponder_cost >= 0, ">= 0"),
         ("model.mlp_multiple", cfg.model.mlp_multiple >= 1, ">= 1"),
         ("task.blanks", 0 <= cfg.task.blanks <= 64, "0..64"),
         ("task.train_size", cfg.task.train_size >= 1, ">= 1"),

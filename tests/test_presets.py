@@ -42,3 +42,13 @@ def test_transformer_baseline_is_parameter_matched():
         return sum(p.numel() for p in build_model(cfg.model, VOCAB, SIZE).parameters())
 
     assert params("transformer-sudoku") == params("trm-sudoku")
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_trains_a_step(name, tmp_path):
+    """`ponder train --preset NAME` wiring, shrunk to seconds by overrides."""
+    shrink = ["model.hidden=16", "model.heads=2", "model.layers=1", "model.mlp_multiple=16", "task.train_size=8", "task.val_size=4",
+              "task.test_size=4", "train.steps=1", "train.batch_size=4", "train.max_segments=2", "train.eval_segments=2",
+              "train.lr_warmup=1"]
+    result = api.train(shrink, preset=name, out=str(tmp_path / name), progress=False)
+    assert result["n"] == 4

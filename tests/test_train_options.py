@@ -18,6 +18,8 @@ from ponder import api
         ["model.halting=none", "train.ema=0", "task.augment=false"],
         ["model.family=hrm", "model.halting=act_q"],
         ["model.family=transformer"],
+        ["model.family=looped", "model.cycles=3"],
+        ["model.family=looped", "model.score_dt=0.5", "model.act=false", "model.halting=act_q"],
         ["model.grad_mode=truncated", "model.truncate_steps=2"],
     ],
 )

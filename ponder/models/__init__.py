@@ -8,14 +8,17 @@ import torch.nn as nn
 from ponder.config import ModelConfig
 from ponder.models.base import RecurrentModel, SegmentOutput
 from ponder.models.hrm import HRM
+from ponder.models.looped import LoopedTransformer
 from ponder.models.transformer import Transformer
 from ponder.models.trm import TRM
 
-# family name -> (class, its own gradient mode). Add a family by adding one entry.
-REGISTRY: dict[str, tuple[type[RecurrentModel], str]] = {
-    "trm": (TRM, "last_cycle"),
-    "hrm": (HRM, "one_step"),
-    "transformer": (Transformer, "full"),
+# family name -> (class, its own gradient mode, the family-specific ModelConfig keys it
+# takes). Add a family by adding one entry.
+REGISTRY: dict[str, tuple[type[RecurrentModel], str, tuple[str, ...]]] = {
+    "trm": (TRM, "last_cycle", ("latent_steps", "cycles")),
+    "hrm": (HRM, "one_step", ("latent_steps", "cycles")),
+    "looped": (LoopedTransformer, "full", ("cycles", "act", "ponder_cost", "score_dt")),
+    "transformer": (Transformer, "full", ()),
 }
 
 
@@ -24,8 +27,9 @@ def build_model(cfg: ModelConfig, vocab: int, seq_len: int, task_mask: torch.Ten
     `cfg.attention_mask == "task"`."""
     if cfg.attention_mask == "task" and task_mask is None:
         raise ValueError("model.attention_mask=task but the task defines no attention structure")
-    cls, own_grad_mode = REGISTRY[cfg.family]
+    cls, own_grad_mode, own_keys = REGISTRY[cfg.family]
     return cls(
+        **{key: getattr(cfg, key) for key in own_keys},
         vocab=vocab,
         seq_len=seq_len,
         hidden=cfg.hidden,
@@ -34,8 +38,6 @@ def build_model(cfg: ModelConfig, vocab: int, seq_len: int, task_mask: torch.Ten
         expansion=cfg.expansion,
         mixer=cfg.mixer,
         rope=cfg.rope,
-        latent_steps=cfg.latent_steps,
-        cycles=cfg.cycles,
         grad_mode=own_grad_mode if cfg.grad_mode == "auto" else cfg.grad_mode,
         truncate_steps=cfg.truncate_steps,
         mlp_multiple=cfg.mlp_multiple,
@@ -48,4 +50,4 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["HRM", "REGISTRY", "TRM", "Transformer", "RecurrentModel", "SegmentOutput", "build_model", "count_params"]
+__all__ = ["HRM", "REGISTRY", "TRM", "LoopedTransformer", "Transformer", "RecurrentModel", "SegmentOutput", "build_model", "count_params"]

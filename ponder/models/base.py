@@ -28,6 +28,7 @@ class SegmentOutput:
     logits: torch.Tensor  # (B, L, V)
     halt_logits: torch.Tensor  # (B,) > 0 means "stop": the answer is right (bce) / halting is worth more (act_q)
     q_logits: torch.Tensor | None = None  # (B, 2) (halt, continue) Q-value logits, with halting=act_q
+    aux_loss: torch.Tensor | None = None  # (B,) an extra loss the family adds (looped: weighted ACT ponder cost)
 
 
 class RecurrentModel(nn.Module):
@@ -71,11 +72,15 @@ class RecurrentModel(nn.Module):
             state = self.init_state(B, L)
         calls = self.schedule(x)
         state = run_schedule(calls, state, grad_steps(self.grad_mode, len(calls), self.calls_per_cycle, self.truncate_steps))
+        return self.heads(state)
+
+    def heads(self, state: State, aux_loss: torch.Tensor | None = None) -> SegmentOutput:
+        """Answer and halting heads on the state after a segment."""
         y = self.readout(state)  # (B, L, D)
         logits = self.head(y)  # (B, L, V)
         if self.halting == "act_q":
             q = self.halt_head(y.mean(dim=1))  # (B, 2): halt, continue
-            return SegmentOutput(state=state, logits=logits, halt_logits=q[:, 0] - q[:, 1], q_logits=q)
+            return SegmentOutput(state=state, logits=logits, halt_logits=q[:, 0] - q[:, 1], q_logits=q, aux_loss=aux_loss)
         # The whole answer is right only if every position is: halt on the least sure one.
         halt_logits = self.halt_head(y).squeeze(-1).amin(dim=1)  # (B, L) -> (B,)
-        return SegmentOutput(state=state, logits=logits, halt_logits=halt_logits)
+        return SegmentOutput(state=state, logits=logits, halt_logits=halt_logits, aux_loss=aux_loss)

@@ -33,8 +33,6 @@ class Transformer(RecurrentModel):
         grad_mode: str = "full",
         truncate_steps: int = 1,
         num_tasks: int = 0,
-        latent_steps: int = 0,  # unused: there is no recurrence
-        cycles: int = 0,  # unused: there is no recurrence
     ):
         super().__init__(grad_mode, truncate_steps, calls_per_cycle=1, halting=halting)
         self.calls_per_segment = 1

@@ -147,6 +147,8 @@ def train_batch(model, optimizer, ema, cfg: RunConfig, tokens, labels, gen: torc
             correct = (out.logits.argmax(-1) == target).all(dim=-1)  # (b,)
             halt_loss = halting_loss(model, cfg, out, correct, tokens[active], is_last=seg + 1 == tc.max_segments)  # (b,)
             loss = loss_tok.mean() + tc.halt_loss_weight * halt_loss.mean()
+            if out.aux_loss is not None:
+                loss = loss + out.aux_loss.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -23,12 +23,13 @@ DEFAULT_PRESET = "trm-sudoku-cpu"
 
 @dataclass
 class ModelConfig:
-    family: str = "trm"  # "trm", "hrm", "looped" (Universal Transformer) or "transformer" (the baseline)
+    family: str = "trm"  # trm, hrm, looped (Universal Transformer), depthrec (depth-recurrent) or transformer (baseline)
     hidden: int = 128  # D
     heads: int = 4
     layers: int = 2  # blocks per network (HRM: per module)
     expansion: float = 4.0  # SwiGLU width / hidden
     mlp_multiple: int = 16  # SwiGLU inner width rounded up to this (HRM/TRM papers: 256)
+    mlp_conv: int = 0  # kernel of a depthwise convolution inside the SwiGLU (URM: 2); 0 = none
     mixer: str = "attention"  # "attention" or "mlp" (sequence-axis MLP mixer)
     rope: bool = True  # rotary positions for attention; learned positions otherwise
     attention_mask: str = "none"  # "none" (all pairs) or "task" (the task's structure, e.g. Sudoku peers)
@@ -40,6 +41,7 @@ class ModelConfig:
     act: bool = True  # looped: per-position ACT inside a segment (else always `cycles` steps)
     ponder_cost: float = 0.01  # looped: weight of the ACT ponder cost N + R in the loss
     score_dt: float = 0.0  # looped: SCORE's contractive step h = (1 - dt) h + dt F(h); 0 = plain h = F(h)
+    iteration_sigma: float = 0.5  # depthrec: spread of the Poisson-lognormal iteration count in training (0: fixed)
 
 
 @dataclass
@@ -96,7 +98,7 @@ class RunConfig:
 
 
 _CHOICES = {
-    ("model", "family"): ("trm", "hrm", "looped", "transformer"),
+    ("model", "family"): ("trm", "hrm", "looped", "depthrec", "transformer"),
     ("model", "halting"): ("none", "bce", "act_q"),
     ("model", "grad_mode"): ("auto", "full", "last_cycle", "one_step", "truncated"),
     ("model", "mixer"): ("attention", "mlp"),
@@ -185,7 +187,9 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("model.truncate_steps", cfg.model.truncate_steps >= 1, ">= 1"),
         ("model.score_dt", 0 <= cfg.model.score_dt < 1, "in [0, 1)"),
         ("model.ponder_cost", cfg.model.ponder_cost >= 0, ">= 0"),
+        ("model.iteration_sigma", cfg.model.iteration_sigma >= 0, ">= 0"),
         ("model.mlp_multiple", cfg.model.mlp_multiple >= 1, ">= 1"),
+        ("model.mlp_conv", cfg.model.mlp_conv >= 0, ">= 0"),
         ("task.blanks", 0 <= cfg.task.blanks <= 64, "0..64"),
         ("task.train_size", cfg.task.train_size >= 1, ">= 1"),
         ("task.val_size", cfg.task.val_size >= 1, ">= 1"),

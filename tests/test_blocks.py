@@ -82,3 +82,28 @@ def test_input_embedding_task_ids():
     assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1])
     with pytest.raises(ValueError, match="task_ids"):
         emb(tokens)
+
+
+def test_swiglu_depthwise_conv_matches_reference():
+    """URM's ConvSwiGLU: position t mixes inner activations of t-k+1..t, per channel."""
+    torch.manual_seed(0)
+    mlp = SwiGLU(6, 2.0, multiple=4, conv=3).double()
+    x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    gate, up = (x @ mlp.gate_up.weight.T).chunk(2, dim=-1)
+    inner = torch.nn.functional.silu(gate) * up  # (B, L, C)
+    w = mlp.conv.weight[:, 0, :]  # (C, k)
+    rows = []
+    for t in range(5):
+        acc = torch.zeros(2, inner.shape[-1], dtype=torch.float64)
+        for j in range(3):
+            src = t - 2 + j
+            if src >= 0:
+                acc = acc + w[:, j] * inner[:, src]
+        rows.append(acc)
+    ref = torch.stack(rows, dim=1) @ mlp.down.weight.T
+    fast = mlp(x)
+    assert torch.allclose(fast, ref, atol=1e-12)
+    g = torch.randn_like(ref)
+    ga = torch.autograd.grad(fast, [x, mlp.conv.weight], g)
+    gb = torch.autograd.grad(ref, [x, mlp.conv.weight], g)
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(ga, gb))

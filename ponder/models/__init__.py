@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from ponder.config import ModelConfig
 from ponder.models.base import RecurrentModel, SegmentOutput
+from ponder.models.depthrec import DepthRecurrent
 from ponder.models.hrm import HRM
 from ponder.models.looped import LoopedTransformer
 from ponder.models.transformer import Transformer
@@ -18,6 +19,7 @@ REGISTRY: dict[str, tuple[type[RecurrentModel], str, tuple[str, ...]]] = {
     "trm": (TRM, "last_cycle", ("latent_steps", "cycles")),
     "hrm": (HRM, "one_step", ("latent_steps", "cycles")),
     "looped": (LoopedTransformer, "full", ("cycles", "act", "ponder_cost", "score_dt")),
+    "depthrec": (DepthRecurrent, "truncated", ("cycles", "iteration_sigma")),
     "transformer": (Transformer, "full", ()),
 }
 
@@ -41,6 +43,7 @@ def build_model(cfg: ModelConfig, vocab: int, seq_len: int, task_mask: torch.Ten
         grad_mode=own_grad_mode if cfg.grad_mode == "auto" else cfg.grad_mode,
         truncate_steps=cfg.truncate_steps,
         mlp_multiple=cfg.mlp_multiple,
+        mlp_conv=cfg.mlp_conv,
         attention_mask=task_mask if cfg.attention_mask == "task" else None,
         halting=cfg.halting,
     )
@@ -50,4 +53,4 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["HRM", "REGISTRY", "TRM", "LoopedTransformer", "Transformer", "RecurrentModel", "SegmentOutput", "build_model", "count_params"]
+__all__ = ["DepthRecurrent", "HRM", "REGISTRY", "TRM", "LoopedTransformer", "Transformer", "RecurrentModel", "SegmentOutput", "build_model", "count_params"]

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ponder.nn.blocks import InputEmbedding
+from ponder.nn.blocks import InputEmbedding, Stack
 from ponder.solvers import grad_steps, run_schedule
 
 State = tuple[torch.Tensor, ...]  # each (B, L, D)
@@ -32,21 +32,52 @@ class SegmentOutput:
 
 
 class RecurrentModel(nn.Module):
-    """Base class; subclasses build `self.embed` and their networks, then call
-    `self.add_heads(...)` last so that parameter initialisation order is fixed."""
+    """Base class. It takes the architecture arguments every family shares and builds
+    the input embedding; a subclass then builds its networks with `make_stack()` and
+    calls `add_heads(...)` last, which fixes the parameter initialisation order."""
 
-    def __init__(self, grad_mode: str, truncate_steps: int, calls_per_cycle: int, halting: str = "bce"):
+    def __init__(
+        self,
+        vocab: int,
+        seq_len: int,
+        *,
+        hidden: int = 128,
+        heads: int = 4,
+        layers: int = 2,
+        expansion: float = 4.0,
+        mixer: str = "attention",
+        rope: bool = True,
+        mlp_multiple: int = 16,
+        mlp_conv: int = 0,
+        attention_mask: torch.Tensor | None = None,
+        num_tasks: int = 0,
+        grad_mode: str = "full",
+        truncate_steps: int = 1,
+        halting: str = "bce",
+        calls_per_cycle: int = 1,
+    ):
         super().__init__()
-        self.halting = halting
         grad_steps(grad_mode, calls_per_cycle, calls_per_cycle, truncate_steps)  # validate early
+        self.vocab, self.hidden = vocab, hidden
         self.grad_mode = grad_mode
         self.truncate_steps = truncate_steps
+        self.halting = halting
         self.calls_per_cycle = calls_per_cycle
         self.calls_per_segment: int  # network calls in one segment (set by the family)
-        self.embed: InputEmbedding
+        use_rope = rope and mixer == "attention"
+        self.stack_args = dict(
+            dim=hidden, heads=heads, layers=layers, expansion=expansion, mixer=mixer, seq_len=seq_len,
+            rope=use_rope, mask=attention_mask, mlp_multiple=mlp_multiple, mlp_conv=mlp_conv,
+        )
+        self.embed = InputEmbedding(vocab, hidden, seq_len, learned_positions=not use_rope, num_tasks=num_tasks)
 
-    def add_heads(self, hidden: int, vocab: int, latents: int) -> None:
-        self.head = nn.Linear(hidden, vocab, bias=False)
+    def make_stack(self) -> Stack:
+        """A new network of `layers` blocks with the shared architecture arguments."""
+        return Stack(**self.stack_args)
+
+    def add_heads(self, latents: int) -> None:
+        hidden = self.hidden
+        self.head = nn.Linear(hidden, self.vocab, bias=False)
         # bce: a per-position "this cell is settled" logit; act_q: (halt, continue) Q logits of the pooled state.
         self.halt_head = nn.Linear(hidden, 2 if self.halting == "act_q" else 1)
         # Start by never halting, as HRM/TRM do, so early training explores all segments.

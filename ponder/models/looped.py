@@ -20,7 +20,6 @@ import torch
 import torch.nn as nn
 
 from ponder.models.base import RecurrentModel, SegmentOutput, State
-from ponder.nn.blocks import InputEmbedding, Stack
 from ponder.solvers import grad_steps
 
 ACT_EPS = 0.01
@@ -54,24 +53,15 @@ class LoopedTransformer(RecurrentModel):
         self,
         vocab: int,
         seq_len: int,
-        hidden: int = 128,
-        heads: int = 4,
-        layers: int = 1,
-        expansion: float = 4.0,
-        mixer: str = "attention",
-        rope: bool = True,
-        mlp_multiple: int = 16,
-        attention_mask: torch.Tensor | None = None,
-        halting: str = "bce",
-        grad_mode: str = "full",
-        truncate_steps: int = 1,
-        num_tasks: int = 0,
         cycles: int = 8,  # K: most loop steps per segment
         act: bool = True,
         ponder_cost: float = 0.01,
         score_dt: float = 0.0,
+        grad_mode: str = "full",
+        **arch,
     ):
-        super().__init__(grad_mode, truncate_steps, calls_per_cycle=1, halting=halting)
+        """`arch`: the shared architecture arguments of `RecurrentModel`."""
+        super().__init__(vocab, seq_len, grad_mode=grad_mode, **arch)
         if not 0.0 <= score_dt < 1.0:
             raise ValueError(f"score_dt must be in [0, 1), got {score_dt}")
         self.cycles = cycles
@@ -79,13 +69,11 @@ class LoopedTransformer(RecurrentModel):
         self.act = act
         self.ponder_cost = ponder_cost
         self.score_dt = score_dt
-        use_rope = rope and mixer == "attention"
-        self.embed = InputEmbedding(vocab, hidden, seq_len, learned_positions=not use_rope, num_tasks=num_tasks)
-        self.net = Stack(hidden, heads, layers, expansion, mixer, seq_len, rope=use_rope, mask=attention_mask, mlp_multiple=mlp_multiple)
-        self.act_head = nn.Linear(hidden, 1)
+        self.net = self.make_stack()
+        self.act_head = nn.Linear(self.hidden, 1)
         nn.init.zeros_(self.act_head.weight)
         nn.init.constant_(self.act_head.bias, -1.0)  # start by pondering a few steps
-        self.add_heads(hidden, vocab, latents=1)  # state = (h,)
+        self.add_heads(latents=1)  # state = (h,)
 
     def loop_step(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         new = self.net(h + x)

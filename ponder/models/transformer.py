@@ -13,33 +13,15 @@ from __future__ import annotations
 import torch
 
 from ponder.models.base import RecurrentModel, State
-from ponder.nn.blocks import InputEmbedding, Stack
 
 
 class Transformer(RecurrentModel):
-    def __init__(
-        self,
-        vocab: int,
-        seq_len: int,
-        hidden: int = 128,
-        heads: int = 4,
-        layers: int = 2,
-        expansion: float = 4.0,
-        mixer: str = "attention",
-        rope: bool = True,
-        mlp_multiple: int = 16,
-        attention_mask: torch.Tensor | None = None,
-        halting: str = "bce",
-        grad_mode: str = "full",
-        truncate_steps: int = 1,
-        num_tasks: int = 0,
-    ):
-        super().__init__(grad_mode, truncate_steps, calls_per_cycle=1, halting=halting)
+    def __init__(self, vocab: int, seq_len: int, grad_mode: str = "full", **arch):
+        """`arch`: the shared architecture arguments of `RecurrentModel`."""
+        super().__init__(vocab, seq_len, grad_mode=grad_mode, **arch)
         self.calls_per_segment = 1
-        use_rope = rope and mixer == "attention"
-        self.embed = InputEmbedding(vocab, hidden, seq_len, learned_positions=not use_rope, num_tasks=num_tasks)
-        self.net = Stack(hidden, heads, layers, expansion, mixer, seq_len, rope=use_rope, mask=attention_mask, mlp_multiple=mlp_multiple)
-        self.add_heads(hidden, vocab, latents=1)  # state = (h,)
+        self.net = self.make_stack()
+        self.add_heads(latents=1)  # state = (h,)
 
     def schedule(self, x: torch.Tensor):
         return [lambda s: (self.net(x),)]

@@ -35,17 +35,26 @@ class RMSNorm(nn.Module):
 class SwiGLU(nn.Module):
     """Gated MLP `down(silu(gate(x)) * up(x))` on the last axis; the inner width is
     `2/3 * expansion * dim` (so the parameter count matches a plain MLP of width
-    `expansion * dim`), rounded up to a multiple of `multiple` (HRM/TRM use 256)."""
+    `expansion * dim`), rounded up to a multiple of `multiple` (HRM/TRM use 256).
 
-    def __init__(self, dim: int, expansion: float = 4.0, multiple: int = 16):
+    `conv > 0` adds the Universal Reasoning Model's short depthwise convolution over
+    the sequence axis on the gated inner activations (kernel `conv`, left-padded so
+    position t sees t-conv+1..t); input (B, L, dim)."""
+
+    def __init__(self, dim: int, expansion: float = 4.0, multiple: int = 16, conv: int = 0):
         super().__init__()
         inner = int(math.ceil(round(expansion * dim * 2 / 3) / multiple) * multiple)
         self.gate_up = nn.Linear(dim, 2 * inner, bias=False)
         self.down = nn.Linear(inner, dim, bias=False)
+        self.conv = nn.Conv1d(inner, inner, conv, groups=inner, bias=False) if conv > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        inner = F.silu(gate) * up  # (B, L, inner)
+        if self.conv is not None:
+            k = self.conv.kernel_size[0]
+            inner = self.conv(F.pad(inner.transpose(1, 2), (k - 1, 0))).transpose(1, 2)  # (B, L, inner)
+        return self.down(inner)
 
 
 class Rotary(nn.Module):
@@ -114,7 +123,7 @@ class Block(nn.Module):
 
     def __init__(
         self, dim: int, heads: int, expansion: float, mixer: str, seq_len: int, rotary: Rotary | None,
-        mask: torch.Tensor | None = None, mlp_multiple: int = 16,
+        mask: torch.Tensor | None = None, mlp_multiple: int = 16, mlp_conv: int = 0,
     ):
         super().__init__()
         if mixer == "attention":
@@ -123,7 +132,7 @@ class Block(nn.Module):
             self.mix = SequenceMLP(seq_len, expansion, mlp_multiple)
         else:
             raise ValueError(f"mixer: expected 'attention' or 'mlp', got {mixer!r}")
-        self.mlp = SwiGLU(dim, expansion, mlp_multiple)
+        self.mlp = SwiGLU(dim, expansion, mlp_multiple, conv=mlp_conv)
         self.norm1 = RMSNorm(dim)
         self.norm2 = RMSNorm(dim)
 
@@ -137,11 +146,11 @@ class Stack(nn.Module):
 
     def __init__(
         self, dim: int, heads: int, layers: int, expansion: float, mixer: str, seq_len: int, rope: bool,
-        mask: torch.Tensor | None = None, mlp_multiple: int = 16,
+        mask: torch.Tensor | None = None, mlp_multiple: int = 16, mlp_conv: int = 0,
     ):
         super().__init__()
         rotary = Rotary(dim // heads, seq_len) if (rope and mixer == "attention") else None
-        self.blocks = nn.ModuleList(Block(dim, heads, expansion, mixer, seq_len, rotary, mask, mlp_multiple) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(dim, heads, expansion, mixer, seq_len, rotary, mask, mlp_multiple, mlp_conv) for _ in range(layers))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:

@@ -132,7 +132,8 @@ def train_batch(model, optimizer, ema, cfg: RunConfig, tokens, labels, gen: torc
     B = tokens.shape[0]
     min_segments = torch.ones(B, dtype=torch.long)
     explore = torch.rand(B, generator=gen) < tc.halt_explore_prob
-    min_segments[explore] = torch.randint(2, tc.max_segments + 1, (int(explore.sum()),), generator=gen)
+    if tc.max_segments > 1:  # exploration: a random minimum number of segments before halting
+        min_segments[explore] = torch.randint(2, tc.max_segments + 1, (int(explore.sum()),), generator=gen)
     min_segments = min_segments.to(device)
     active = torch.arange(B, device=device)  # rows of the batch still thinking
     state = None

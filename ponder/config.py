@@ -38,8 +38,9 @@ class ModelConfig:
     grad_mode: str = "auto"  # which calls carry gradient: auto (the family's own), full, last_cycle, one_step, truncated
     truncate_steps: int = 1  # with grad_mode=truncated: the last K network calls carry gradient
     halting: str = "bce"  # none (fixed segments), bce (TRM: "is my answer right?"), act_q (HRM: Q-learning)
-    act: bool = True  # looped: per-position ACT inside a segment (else always `cycles` steps)
-    ponder_cost: float = 0.01  # looped: weight of the ACT ponder cost N + R in the loss
+    loop_halting: str = "act"  # looped: per-position halting inside a segment: act, pondernet or none
+    ponder_cost: float = 0.01  # looped: weight of ACT's ponder cost N + R, or of PonderNet's KL to its prior
+    pondernet_prior: float = 0.2  # looped: rate of PonderNet's geometric prior over steps
     score_dt: float = 0.0  # looped: SCORE's contractive step h = (1 - dt) h + dt F(h); 0 = plain h = F(h)
     iteration_sigma: float = 0.5  # depthrec: spread of the Poisson-lognormal iteration count in training (0: fixed)
 
@@ -100,6 +101,7 @@ class RunConfig:
 _CHOICES = {
     ("model", "family"): ("trm", "hrm", "looped", "depthrec", "transformer"),
     ("model", "halting"): ("none", "bce", "act_q"),
+    ("model", "loop_halting"): ("act", "pondernet", "none"),
     ("model", "grad_mode"): ("auto", "full", "last_cycle", "one_step", "truncated"),
     ("model", "mixer"): ("attention", "mlp"),
     ("model", "attention_mask"): ("none", "task"),
@@ -188,6 +190,7 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("model.score_dt", 0 <= cfg.model.score_dt < 1, "in [0, 1)"),
         ("model.ponder_cost", cfg.model.ponder_cost >= 0, ">= 0"),
         ("model.iteration_sigma", cfg.model.iteration_sigma >= 0, ">= 0"),
+        ("model.pondernet_prior", 0 < cfg.model.pondernet_prior < 1, "in (0, 1)"),
         ("model.mlp_multiple", cfg.model.mlp_multiple >= 1, ">= 1"),
         ("model.mlp_conv", cfg.model.mlp_conv >= 0, ">= 0"),
         ("task.blanks", 0 <= cfg.task.blanks <= 64, "0..64"),

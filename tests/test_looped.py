@@ -85,10 +85,45 @@ def test_forward_matches_unrolled_reference():
 
 
 def test_score_update_is_a_convex_step():
-    model = tiny_looped(score_dt=0.25, act=False, cycles=1)
+    model = tiny_looped(score_dt=0.25, loop_halting="none", cycles=1)
     tokens = torch.randint(0, 10, (2, 9))
     out = model(tokens)
     h0 = model.init_state(2, 9)[0]
     expected = 0.75 * h0 + 0.25 * model.net(h0 + model.embed(tokens))
     assert torch.allclose(out.state[0], expected, atol=1e-12)
     assert out.aux_loss is None
+
+
+def test_pondernet_distribution_and_loss():
+    from ponder.models.looped import geometric_prior, pondernet_distribution
+    from ponder.train.losses import expected_token_loss, token_loss
+
+    lam = torch.tensor([0.5, 0.25, 0.9])[:, None, None].double()  # (K=3, 1, 1)
+    p = pondernet_distribution(lam)[:, 0, 0]
+    assert torch.allclose(p, torch.tensor([0.5, 0.5 * 0.25, 0.5 * 0.75], dtype=torch.float64))
+    q = geometric_prior(3, 0.5, p)
+    assert torch.allclose(q, torch.tensor([4 / 7, 2 / 7, 1 / 7], dtype=torch.float64))
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2, 4, 5)
+    probs = torch.softmax(torch.randn(3, 2, 4), dim=0)
+    labels = torch.randint(0, 5, (2, 4))
+    want = sum(
+        probs[k] * torch.nn.functional.cross_entropy(logits[k].transpose(1, 2), labels, reduction="none") for k in range(3)
+    ).mean(dim=1)
+    assert torch.allclose(expected_token_loss(logits, probs, labels), want, atol=1e-6)
+    assert torch.allclose(token_loss(logits[0], labels), torch.nn.functional.cross_entropy(logits[0].transpose(1, 2), labels, reduction="none").mean(1))
+
+
+def test_pondernet_model_answers_at_the_median_step():
+    model = tiny_looped(loop_halting="pondernet")
+    with torch.no_grad():
+        model.act_head.weight.normal_(0, 0.5)
+    out = model(torch.randint(0, 10, (2, 9)))
+    K = model.cycles
+    assert out.step_logits.shape == (K, 2, 9, 10) and out.step_probs.shape == (K, 2, 9)
+    assert torch.allclose(out.step_probs.sum(0), torch.ones(2, 9, dtype=torch.float64))
+    stop = (out.step_probs.cumsum(0) >= 0.5).double().argmax(0)
+    chosen = out.step_logits.gather(0, stop[None, :, :, None].expand(1, 2, 9, 10))[0]
+    assert torch.allclose(out.logits, chosen, atol=1e-12)
+    assert (out.aux_loss >= 0).all()
+    torch.autograd.grad(out.aux_loss.sum(), model.act_head.weight)

@@ -19,9 +19,10 @@ from ponder import api
         ["model.family=hrm", "model.halting=act_q"],
         ["model.family=transformer"],
         ["model.family=looped", "model.cycles=3"],
+        ["model.family=looped", "model.cycles=3", "model.loop_halting=pondernet"],
         ["model.family=looped", "model.cycles=3", "model.mlp_conv=2", "model.grad_mode=truncated", "model.truncate_steps=2"],
         ["model.family=depthrec", "model.cycles=3", "model.truncate_steps=2", "train.max_segments=1"],
-        ["model.family=looped", "model.score_dt=0.5", "model.act=false", "model.halting=act_q"],
+        ["model.family=looped", "model.score_dt=0.5", "model.loop_halting=none", "model.halting=act_q"],
         ["model.grad_mode=truncated", "model.truncate_steps=2"],
     ],
 )

@@ -18,7 +18,7 @@ from ponder.models.trm import TRM
 REGISTRY: dict[str, tuple[type[RecurrentModel], str, tuple[str, ...]]] = {
     "trm": (TRM, "last_cycle", ("latent_steps", "cycles")),
     "hrm": (HRM, "one_step", ("latent_steps", "cycles")),
-    "looped": (LoopedTransformer, "full", ("cycles", "act", "ponder_cost", "score_dt")),
+    "looped": (LoopedTransformer, "full", ("cycles", "loop_halting", "ponder_cost", "pondernet_prior", "score_dt")),
     "depthrec": (DepthRecurrent, "truncated", ("cycles", "iteration_sigma")),
     "transformer": (Transformer, "full", ()),
 }

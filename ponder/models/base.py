@@ -28,7 +28,9 @@ class SegmentOutput:
     logits: torch.Tensor  # (B, L, V)
     halt_logits: torch.Tensor  # (B,) > 0 means "stop": the answer is right (bce) / halting is worth more (act_q)
     q_logits: torch.Tensor | None = None  # (B, 2) (halt, continue) Q-value logits, with halting=act_q
-    aux_loss: torch.Tensor | None = None  # (B,) an extra loss the family adds (looped: weighted ACT ponder cost)
+    aux_loss: torch.Tensor | None = None  # (B,) an extra loss the family adds (looped: ponder cost or KL)
+    step_logits: torch.Tensor | None = None  # (K, B, L, V) PonderNet: logits after each loop step
+    step_probs: torch.Tensor | None = None  # (K, B, L) PonderNet: probability of halting at each step
 
 
 class RecurrentModel(nn.Module):

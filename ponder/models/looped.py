@@ -1,5 +1,5 @@
-"""Looped / Universal Transformer with per-position adaptive computation time (ACT),
-and SCORE's contractive update as an option.
+"""Looped / Universal Transformer with per-position halting (ACT or PonderNet), and
+SCORE's contractive update as an option.
 
 Within one segment, one shared stack is applied up to K = `cycles` times:
 
@@ -12,6 +12,11 @@ the first step N whose cumulative probability reaches 1 - eps (or at step K). It
 output is sum_{k<N} p_k h_k + R h_N with remainder R = 1 - sum_{k<N} p_k, and it pays
 the ponder cost N + R, whose gradient (through R) pushes towards halting sooner. The
 output is the segment's new state; heads read it like any other family.
+
+PonderNet (`loop_halting=pondernet`): p_k = lambda_k prod_{j<k} (1 - lambda_j) is a
+distribution over steps (the last step takes what is left); the loss is the expected
+token loss sum_k p_k loss(h_k) plus `ponder_cost` * KL(p || truncated geometric prior),
+and a position answers with the step where the cumulative p first reaches 1/2.
 """
 
 from __future__ import annotations
@@ -23,6 +28,21 @@ from ponder.models.base import RecurrentModel, SegmentOutput, State
 from ponder.solvers import grad_steps
 
 ACT_EPS = 0.01
+
+
+def pondernet_distribution(lambdas: torch.Tensor) -> torch.Tensor:
+    """(K, B, L) per-step halting probabilities -> (K, B, L) halting distribution:
+    p_k = lambda_k prod_{j<k} (1 - lambda_j), the last step taking the rest."""
+    K = lambdas.shape[0]
+    survive = torch.cumprod(torch.cat([torch.ones_like(lambdas[:1]), 1 - lambdas[:-1]]), dim=0)  # prod_{j<k}
+    halt_here = torch.cat([lambdas[:-1], torch.ones_like(lambdas[:1])]) if K > 1 else torch.ones_like(lambdas)
+    return survive * halt_here
+
+
+def geometric_prior(K: int, rate: float, like: torch.Tensor) -> torch.Tensor:
+    """(K,) geometric distribution q_k = rate (1 - rate)^k truncated to K steps and renormalised."""
+    q = rate * (1 - rate) ** torch.arange(K, dtype=like.dtype, device=like.device)
+    return q / q.sum()
 
 
 def act_combine(states: list[torch.Tensor], probs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,8 +74,9 @@ class LoopedTransformer(RecurrentModel):
         vocab: int,
         seq_len: int,
         cycles: int = 8,  # K: most loop steps per segment
-        act: bool = True,
-        ponder_cost: float = 0.01,
+        loop_halting: str = "act",  # act, pondernet or none (always K steps)
+        ponder_cost: float = 0.01,  # weight of ACT's N + R or PonderNet's KL
+        pondernet_prior: float = 0.2,  # rate of PonderNet's geometric prior
         score_dt: float = 0.0,
         grad_mode: str = "full",
         **arch,
@@ -64,10 +85,13 @@ class LoopedTransformer(RecurrentModel):
         super().__init__(vocab, seq_len, grad_mode=grad_mode, **arch)
         if not 0.0 <= score_dt < 1.0:
             raise ValueError(f"score_dt must be in [0, 1), got {score_dt}")
+        if loop_halting not in ("act", "pondernet", "none"):
+            raise ValueError(f"loop_halting: expected act, pondernet or none, got {loop_halting!r}")
         self.cycles = cycles
         self.calls_per_segment = cycles
-        self.act = act
+        self.loop_halting = loop_halting
         self.ponder_cost = ponder_cost
+        self.pondernet_prior = pondernet_prior
         self.score_dt = score_dt
         self.net = self.make_stack()
         self.act_head = nn.Linear(self.hidden, 1)
@@ -91,12 +115,24 @@ class LoopedTransformer(RecurrentModel):
                 h = self.loop_step(h, x)
                 states.append(h)
                 probs.append(torch.sigmoid(self.act_head(h).squeeze(-1)))  # (B, L)
-        if self.act:
+        if self.loop_halting == "act":
             y, ponder = act_combine(states, probs)  # (B, L, D), (B, L)
-            aux = self.ponder_cost * ponder.mean(dim=1)  # (B,)
-        else:
-            y, aux = h, None
-        return self.heads((y,), aux_loss=aux)
+            return self.heads((y,), aux_loss=self.ponder_cost * ponder.mean(dim=1))
+        if self.loop_halting == "pondernet":
+            return self.pondernet_output(states, probs)
+        return self.heads((h,))
+
+    def pondernet_output(self, states: list[torch.Tensor], lambdas: list[torch.Tensor]) -> SegmentOutput:
+        p = pondernet_distribution(torch.stack(lambdas))  # (K, B, L)
+        q = geometric_prior(len(states), self.pondernet_prior, p)[:, None, None]  # (K, 1, 1)
+        kl = (p * (p.clamp_min(1e-12).log() - q.log())).sum(dim=0)  # (B, L)
+        stop = (p.cumsum(dim=0) >= 0.5).float().argmax(dim=0)  # (B, L): the median step
+        stacked = torch.stack(states)  # (K, B, L, D)
+        y = stacked.gather(0, stop[None, :, :, None].expand(1, *stacked.shape[1:]))[0]  # (B, L, D)
+        out = self.heads((y,), aux_loss=self.ponder_cost * kl.mean(dim=1))
+        out.step_logits = self.head(stacked)  # (K, B, L, V)
+        out.step_probs = p
+        return out
 
     def readout(self, state: State) -> torch.Tensor:
         return state[0]

@@ -38,7 +38,7 @@ from ponder.tasks import Split, load_task
 from ponder.tasks.sudoku import augment_batch
 from ponder.train.checkpoint import CHECKPOINT, read_checkpoint, restore, save_checkpoint
 from ponder.train.ema import EMA
-from ponder.train.losses import act_q_loss, token_loss
+from ponder.train.losses import act_q_loss, expected_token_loss, token_loss
 from ponder.train.optim import build_optimizer, lr_at
 
 METRICS = "metrics.jsonl"
@@ -144,7 +144,10 @@ def train_batch(model, optimizer, ema, cfg: RunConfig, tokens, labels, gen: torc
         with _autocast(device, tc.autocast):
             out = model(tokens[active], state)
             target = labels[active]
-            loss_tok = token_loss(out.logits, target, tc.loss)  # (b,)
+            if out.step_logits is None:
+                loss_tok = token_loss(out.logits, target, tc.loss)  # (b,)
+            else:  # PonderNet: expected loss over the halting distribution
+                loss_tok = expected_token_loss(out.step_logits, out.step_probs, target, tc.loss)
             correct = (out.logits.argmax(-1) == target).all(dim=-1)  # (b,)
             halt_loss = halting_loss(model, cfg, out, correct, tokens[active], is_last=seg + 1 == tc.max_segments)  # (b,)
             loss = loss_tok.mean() + tc.halt_loss_weight * halt_loss.mean()

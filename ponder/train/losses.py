@@ -15,14 +15,24 @@ def stablemax_log_probs(logits: torch.Tensor) -> torch.Tensor:
     return (s / s.sum(dim=-1, keepdim=True)).log()
 
 
-def token_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "ce") -> torch.Tensor:
-    """Mean over tokens of the per-token loss. logits (B, L, V), labels (B, L) -> (B,)."""
+def token_loss_per_position(logits: torch.Tensor, labels: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+    """logits (B, L, V), labels (B, L) -> (B, L) loss of each token."""
     if kind == "stablemax":
         logp = stablemax_log_probs(logits)
-        per_token = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1).to(logits.dtype)
-    else:
-        per_token = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")  # (B, L)
-    return per_token.mean(dim=1)
+        return -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1).to(logits.dtype)
+    return F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+    """Mean over tokens of the per-token loss. logits (B, L, V), labels (B, L) -> (B,)."""
+    return token_loss_per_position(logits, labels, kind).mean(dim=1)
+
+
+def expected_token_loss(step_logits: torch.Tensor, step_probs: torch.Tensor, labels: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+    """PonderNet's loss: sum_k p_k loss(step k), per token, then the mean over tokens.
+    step_logits (K, B, L, V), step_probs (K, B, L), labels (B, L) -> (B,)."""
+    per_step = torch.stack([token_loss_per_position(logits, labels, kind) for logits in step_logits])  # (K, B, L)
+    return (step_probs * per_step).sum(dim=0).mean(dim=1)
 
 
 def act_q_loss(q_logits: torch.Tensor, correct: torch.Tensor, next_q_logits: torch.Tensor, is_last: bool) -> torch.Tensor:

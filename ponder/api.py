@@ -104,13 +104,19 @@ def solve(run: str, puzzle: str, segments: int | None = None) -> dict[str, Any]:
 
 
 def presets() -> list[dict[str, Any]]:
-    """The shipped presets: name, trainable parameter count and a one-line description."""
+    """The shipped presets: name, trainable parameters (without any per-task/puzzle
+    embedding table), embedding-table parameters, and a one-line description."""
     rows = []
     for name in preset_names():
         cfg = build_config(preset=name)
         model = build_model(cfg.model, sudoku.VOCAB, sudoku.SIZE, sudoku.peer_mask())
         raw = load_yaml(preset_path(name))
-        rows.append({"name": name, "params": count_params(model), "description": str(raw.get("description", ""))})
+        rows.append({
+            "name": name,
+            "params": count_params(model),
+            "embedding_params": count_params(model, embeddings=True),
+            "description": str(raw.get("description", "")),
+        })
     return rows
 
 

@@ -61,6 +61,7 @@ class TaskConfig:
 @dataclass
 class TrainConfig:
     steps: int = 1000  # batches; each runs up to max_segments segments, one update each
+    max_minutes: float = 0.0  # stop training after this much training time (0: no limit); time-bound runs do not repeat exactly
     batch_size: int = 128
     max_segments: int = 8  # deep-supervision segments per batch in training
     eval_segments: int = 16  # segments run at evaluation (can exceed training)
@@ -202,6 +203,7 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("train.max_segments", cfg.train.max_segments >= 1, ">= 1"),
         ("train.eval_segments", cfg.train.eval_segments >= 1, ">= 1"),
         ("train.lr", cfg.train.lr > 0, "> 0"),
+        ("train.max_minutes", cfg.train.max_minutes >= 0, ">= 0"),
         ("train.ema", 0 <= cfg.train.ema < 1, "in [0, 1)"),
         ("train.eval_every", cfg.train.eval_every >= 1, ">= 1"),
         ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, ">= 1"),

@@ -21,7 +21,16 @@ def test_default_is_shipped_and_listed():
     assert DEFAULT_PRESET in preset_names()
     listed = {row["name"]: row for row in api.presets()}
     assert set(listed) == set(preset_names())
-    assert all(row["params"] > 0 and row["description"] for row in listed.values())
+    assert all(row["params"] > 0 and row["embedding_params"] == 0 and row["description"] for row in listed.values())
+
+
+def test_embedding_table_is_counted_apart():
+    from ponder.models import TRM, count_params
+
+    with_table = TRM(vocab=10, seq_len=9, hidden=16, heads=2, layers=1, num_tasks=7)
+    without = TRM(vocab=10, seq_len=9, hidden=16, heads=2, layers=1)
+    assert count_params(with_table) == count_params(without)
+    assert count_params(with_table, embeddings=True) == 7 * 16
 
 
 @pytest.mark.parametrize(

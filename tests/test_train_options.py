@@ -33,3 +33,11 @@ def test_option_trains(tmp_path, options):
     losses = [r["loss"] for r in log if r["event"] == "train"]
     assert losses[-1] < losses[0]
     assert 0 <= result["exact_accuracy"] <= 1 and len(result["accuracy_by_segment"]) == 3
+
+
+def test_time_budget_stops_early_and_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    result = api.train(TINY + ["train.steps=100000", "train.max_minutes=0.0001"], out=str(run), progress=False)
+    assert 1 <= result["step"] < 100000
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert log[-2]["event"] == "val" and log[-2]["step"] == result["step"]

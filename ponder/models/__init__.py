@@ -49,8 +49,11 @@ def build_model(cfg: ModelConfig, vocab: int, seq_len: int, task_mask: torch.Ten
     )
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def count_params(model: nn.Module, embeddings: bool = False) -> int:
+    """Trainable parameters, excluding the per-task/puzzle embedding table unless
+    `embeddings=True`, in which case only that table is counted."""
+    table = {id(p) for n, p in model.named_parameters() if n.startswith("embed.tasks.")}
+    return sum(p.numel() for p in model.parameters() if p.requires_grad and ((id(p) in table) == embeddings))
 
 
 __all__ = ["DepthRecurrent", "HRM", "REGISTRY", "TRM", "LoopedTransformer", "Transformer", "RecurrentModel", "SegmentOutput", "build_model", "count_params"]

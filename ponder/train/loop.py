@@ -234,10 +234,10 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
     eval_model = ema.model if ema else model
     optimizer = build_optimizer(model, tc)
-    start = 0
+    start, prior_seconds = 0, 0.0
     if resume:
         meta = restore(ckpt_path, model, ema, optimizer)
-        start = int(meta["step"])
+        start, prior_seconds = int(meta["step"]), float(meta.get("train_seconds", 0.0))
     out_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(out_dir / METRICS, resume_step=start if resume else None)
     write_atomic(out_dir / CONFIG, cfg.to_json() + "\n")  # on resume: records any extended train.steps
@@ -248,7 +248,8 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
 
     def checkpoint(step: int) -> None:
         _, position = batch_indices(len(data.train), tc.batch_size, step, tc.seed)
-        save_checkpoint(ckpt_path, model, ema, optimizer, {"step": step, "data_position": position, "config": cfg.to_dict(), "env": env})
+        meta = {"step": step, "data_position": position, "config": cfg.to_dict(), "env": env, "train_seconds": train_seconds()}
+        save_checkpoint(ckpt_path, model, ema, optimizer, meta)
 
     def validate(step: int) -> dict[str, Any]:
         result = evaluate(eval_model, data.val.inputs, data.val.labels, tc.eval_segments, autocast=tc.autocast, progress=progress)
@@ -264,6 +265,11 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
     model.train()
     last_val = None
     train_start = time.time()
+
+    def train_seconds() -> float:  # training time of this run, summed over resumes
+        return prior_seconds + time.time() - train_start
+
+    done = start
     for step in range(start, tc.steps):
         lr = lr_at(step, tc)
         for group in optimizer.param_groups:
@@ -277,9 +283,10 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
             raise RuntimeError(f"step {step + 1}: non-finite training loss {metrics}; lower train.lr or try train.loss=stablemax")
         log.write({"event": "train", "step": step + 1, "lr": lr, **{k: round(v, 6) for k, v in metrics.items()}})
         done = step + 1
-        if done % tc.eval_every == 0 or done == tc.steps:
+        out_of_time = tc.max_minutes > 0 and train_seconds() >= 60 * tc.max_minutes
+        if done % tc.eval_every == 0 or done == tc.steps or out_of_time:
             last_val = validate(done)
-        if done % tc.checkpoint_every == 0 or done == tc.steps:
+        if done % tc.checkpoint_every == 0 or done == tc.steps or out_of_time:
             checkpoint(done)
         if bar is not None:
             post = {"loss": f"{metrics['loss']:.3f}", "acc": f"{metrics['accuracy']:.2f}", "seg": f"{metrics['segments']:.1f}"}
@@ -287,12 +294,14 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
                 post["val"] = f"{last_val['exact_accuracy']:.3f}"
             bar.set_postfix(post, refresh=False)
             bar.update(1)
+        if out_of_time:
+            break
     if bar is not None:
         bar.close()
-    train_seconds = time.time() - train_start
+    trained_seconds = train_seconds()
 
     final = evaluate(eval_model, data.test.inputs, data.test.labels, tc.eval_segments, autocast=tc.autocast, progress=progress)
-    result = {"split": "test", "step": tc.steps, "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t0, 1), **final.to_dict()}
+    result = {"split": "test", "step": done, "train_seconds": round(trained_seconds, 1), "total_seconds": round(time.time() - t0, 1), **final.to_dict()}
     log.write({"event": "test", **result})
     write_atomic(out_dir / RESULTS, json.dumps(result, indent=2) + "\n")
     from ponder.viz.plots import plot_run  # imported here: plots reads this module's log format

@@ -42,7 +42,7 @@ def train(overrides: list[str] | None = None, preset: str | None = None, config:
         if preset or config or out:
             raise PonderInputError("--resume continues a run with its own config; drop --preset/--config/--out")
         cfg = load_run_config(Path(resume))
-        extendable = {"train.steps", "train.eval_every", "train.checkpoint_every", "train.threads", "train.device"}
+        extendable = {"train.steps", "train.max_minutes", "train.eval_every", "train.checkpoint_every", "train.threads", "train.device"}
         bad = sorted(set(pairs) - extendable)
         if bad:
             raise PonderInputError(f"override '{bad[0]}': a resumed run keeps its config; only {', '.join(sorted(extendable))} may change")

@@ -34,7 +34,7 @@ class ModelConfig:
     rope: bool = True  # rotary positions for attention; learned positions otherwise
     attention_mask: str = "none"  # "none" (all pairs) or "task" (the task's structure, e.g. Sudoku peers)
     latent_steps: int = 2  # inner steps per cycle: TRM n (z updates), HRM L_cycles
-    cycles: int = 2  # cycles per segment: TRM T, HRM H_cycles
+    cycles: int = 2  # per segment: TRM T cycles, HRM H_cycles, looped most loop steps K, depthrec mean iterations
     grad_mode: str = "auto"  # which calls carry gradient: auto (the family's own), full, last_cycle, one_step, truncated
     truncate_steps: int = 1  # with grad_mode=truncated: the last K network calls carry gradient
     halting: str = "bce"  # none (fixed segments), bce (TRM: "is my answer right?"), act_q (HRM: Q-learning)

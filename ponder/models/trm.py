@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from ponder.models.base import RecurrentModel, SegmentOutput, State
+from ponder.models.base import RecurrentModel, State
 
-__all__ = ["TRM", "SegmentOutput"]
 
 
 class TRM(RecurrentModel):

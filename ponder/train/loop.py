@@ -189,7 +189,7 @@ class RunLog:
         if resume_step is not None and path.exists():
             records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             kept = [json.dumps(r) for r in records if r.get("step", 0) <= resume_step and r.get("event") != "test"]
-            path.write_text("".join(line + "\n" for line in kept))
+            write_atomic(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:

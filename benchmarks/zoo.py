@@ -26,8 +26,8 @@ FAMILIES = ("trm", "hrm", "looped", "urm", "score", "depthrec", "transformer")
 def run(out: Path, minutes: float, seeds: list[int], families: list[str]) -> None:
     from ponder import api
 
-    for family in families:
-        for seed in seeds:
+    for seed in seeds:  # seeds outermost: a cut-short comparison still covers every family
+        for family in families:
             folder = out / family / f"seed{seed}"
             if (folder / "results.json").exists():
                 continue

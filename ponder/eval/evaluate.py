@@ -43,7 +43,7 @@ def run_segments(model, inputs: torch.Tensor, segments: int, batch_size: int = 2
         tokens = inputs[start : start + batch_size].to(device)
         state, seg_preds, seg_halts = None, [], []
         for _ in range(segments):
-            with _autocast(device, autocast):
+            with autocast_context(device, autocast):
                 out = model(tokens, state)
             state = out.state
             seg_preds.append(out.logits.argmax(-1).cpu())
@@ -69,7 +69,7 @@ def run_early_exit(model, inputs: torch.Tensor, max_segments: int, batch_size: i
         rows = torch.arange(start, start + tokens.shape[0])  # dataset rows still thinking
         state = None
         for seg in range(max_segments):
-            with _autocast(device, autocast):
+            with autocast_context(device, autocast):
                 out = model(tokens, state)
             done = ((out.halt_logits > 0).cpu() & halting) | (seg + 1 == max_segments)
             preds[rows[done]] = out.logits.argmax(-1).cpu()[done]
@@ -110,7 +110,8 @@ def evaluate(model, inputs: torch.Tensor, labels: torch.Tensor, segments: int, b
     )
 
 
-def _autocast(device: torch.device, mode: str):
+def autocast_context(device: torch.device, mode: str):
+    """Mixed precision for `mode == "bfloat16"`, full precision otherwise."""
     if mode == "bfloat16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return torch.autocast(device_type=device.type, enabled=False)

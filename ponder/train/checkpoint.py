@@ -23,6 +23,7 @@ from ponder.errors import PonderInputError
 CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "ponder-checkpoint-1"
 
+
 def save_checkpoint(path: Path, model, ema, optimizer, meta: dict[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {}
     for k, v in model.state_dict().items():
@@ -44,13 +45,13 @@ def save_checkpoint(path: Path, model, ema, optimizer, meta: dict[str, Any]) -> 
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
+
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and metadata, or a one-line PonderInputError for a missing/corrupt file."""
     path = Path(path)
     if not path.is_file():
         raise PonderInputError(f"{path}: no checkpoint; expected a run folder written by 'ponder train'")
     try:
-
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("ponder")
         tensors = load_file(str(path))
@@ -64,8 +65,10 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise PonderInputError(f"{path}: not a ponder checkpoint (missing or unknown '{FORMAT}' metadata)")
     return tensors, meta
 
+
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
 
 def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: Path) -> None:
     try:
@@ -73,6 +76,7 @@ def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], pref
     except RuntimeError as e:
         first = str(e).splitlines()[0][:160]
         raise PonderInputError(f"{path}: checkpoint weights do not match the model in its config ({first})") from None
+
 
 def restore(path: Path, model, ema, optimizer) -> dict[str, Any]:
     """Load a full training state in place; returns the metadata."""

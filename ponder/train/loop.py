@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import ponder
 from ponder.config import RunConfig, config_from_dict
 from ponder.errors import PonderInputError
-from ponder.eval.evaluate import _autocast, evaluate
+from ponder.eval.evaluate import autocast_context, evaluate
 from ponder.models import build_model, count_params
 from ponder.tasks import Split, load_task
 from ponder.tasks.sudoku import augment_batch
@@ -141,7 +141,7 @@ def train_batch(model, optimizer, ema, cfg: RunConfig, tokens, labels, gen: torc
     segments_used = torch.zeros(B, dtype=torch.long, device=device)
     losses, halt_losses, n_updates = 0.0, 0.0, 0
     for seg in range(tc.max_segments):
-        with _autocast(device, tc.autocast):
+        with autocast_context(device, tc.autocast):
             out = model(tokens[active], state)
             target = labels[active]
             if out.step_logits is None:

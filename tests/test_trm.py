@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ponder.models import HRM, TRM
-from ponder.solvers import grad_steps, unroll
+from ponder.solvers import grad_steps, run_schedule
 
 
 def tiny(cls, **kw):
@@ -91,17 +91,17 @@ def test_no_grad_calls_record_no_graph():
     assert calls == [False] * (3 * per_cycle) + [True] * per_cycle
 
 
-def test_unroll_counts_and_validates():
+def test_run_schedule_counts_and_validates():
     seen = []
 
     def step(s):
         seen.append(torch.is_grad_enabled())
         return s + 1
 
-    assert unroll(step, 0, 5, 2) == 5
+    assert run_schedule([step] * 5, 0, 2) == 5
     assert seen == [False, False, False, True, True]
     with pytest.raises(ValueError):
-        unroll(step, 0, 2, 3)
+        run_schedule([step] * 2, 0, 3)
     with pytest.raises(ValueError, match="gradient mode"):
         grad_steps("sometimes", 4, 2)
 

@@ -49,10 +49,3 @@ def run_schedule(schedule: Sequence[Callable[[State], State]], state: State, gra
     for step in schedule[free:]:
         state = step(state)
     return state
-
-
-def unroll(step: Callable[[State], State], state: State, iterations: int, grad_iterations: int | None = None) -> State:
-    """`state = step(state)` `iterations` times; the last `grad_iterations` (None: all)
-    record gradient."""
-    grad = iterations if grad_iterations is None else grad_iterations
-    return run_schedule([step] * iterations, state, grad)

@@ -34,7 +34,7 @@ from ponder.config import RunConfig, config_from_dict
 from ponder.errors import PonderInputError
 from ponder.eval.evaluate import autocast_context, evaluate
 from ponder.models import build_model, count_params
-from ponder.tasks import Split, load_task
+from ponder.tasks import load_task
 from ponder.tasks.sudoku import augment_batch
 from ponder.train.checkpoint import CHECKPOINT, read_checkpoint, restore, save_checkpoint
 from ponder.train.ema import EMA

@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 
-from ponder.config import apply_values, build_config, load_yaml, parse_overrides, preset_names, preset_path
+from ponder.config import RunConfig, apply_values, build_config, load_yaml, parse_overrides, preset_names, preset_path
 from ponder.errors import PonderInputError
 from ponder.eval.evaluate import evaluate as evaluate_model
 from ponder.eval.evaluate import run_early_exit
 from ponder.models import build_model, count_params
-from ponder.tasks import file_split, load_split
-from ponder.tasks import sudoku
+from ponder.tasks import Split, load_dataset_for, sudoku
+from ponder.tasks.builders import get_builder
+from ponder.tasks.dataset import MANIFEST, load_dataset
 from ponder.train.checkpoint import CHECKPOINT, load_weights, read_checkpoint
 from ponder.train.loop import load_run_config, pick_device
 from ponder.train.loop import train as train_loop
@@ -59,21 +60,28 @@ def evaluate(run: str, data: str | None = None, segments: int | None = None, spl
 
     Args:
         run: the run folder
-        data: a Sudoku CSV or puzzle-per-line file (default: the run's own split)
+        data: a dataset folder from 'ponder data build' (its --split), or a Sudoku CSV / puzzle-per-line file (default: the run's own data)
         segments: segments to run (default: the run's train.eval_segments)
-        split: the run's own split when --data is not given: test or val
+        split: which split of the run's data or of a dataset folder: test or val
     """
     cfg, model, device = load_trained(run)
-    if data:
-        puzzles = file_split(data)
-        source = str(data)
+    if split not in ("test", "val"):
+        raise PonderInputError(f"--split: expected test or val, got {split!r}")
+    if data and not (Path(data) / MANIFEST).is_file():
+        puzzles, solutions = sudoku.read_puzzles(data)
+        examples, source = Split(torch.from_numpy(puzzles).long(), torch.from_numpy(solutions).long()), str(data)
     else:
-        if split not in ("test", "val"):
-            raise PonderInputError(f"--split: expected test or val, got {split!r}")
-        puzzles = load_split(cfg.task, split)
-        source = f"{split} split of {run}"
+        dataset = load_dataset(Path(data)) if data else load_dataset_for(cfg.task, splits=(split,))
+        if split not in dataset.splits:
+            raise PonderInputError(f"{data or run}: the dataset has no '{split}' split; it has {', '.join(dataset.splits)}")
+        examples, source = Split.from_arrays(dataset.splits[split]), f"{split} split of {data or run}"
+        if (dataset.vocab, dataset.seq_len) != (model.vocab, model.seq_len):
+            raise PonderInputError(f"{data}: a '{dataset.name}' dataset (vocab {dataset.vocab}, length {dataset.seq_len}) does not fit this model (vocab {model.vocab}, length {model.seq_len})")
+    ids = examples.ids if cfg.model.puzzle_embedding else None
+    if cfg.model.puzzle_embedding and ids is None:
+        ids = torch.zeros(len(examples), dtype=torch.long)  # unknown puzzles: identifier 0 adds nothing
     n_segments = check_segments(segments, cfg.train.eval_segments)
-    result = evaluate_model(model, puzzles.inputs.to(device), puzzles.labels.to(device), n_segments, autocast=cfg.train.autocast, progress=sys.stderr.isatty())
+    result = evaluate_model(model, examples.inputs.to(device), examples.labels.to(device), n_segments, autocast=cfg.train.autocast, progress=sys.stderr.isatty(), ids=ids, depths=examples.extra.get("depth"))
     return {"data": source, **result.to_dict()}
 
 
@@ -87,10 +95,13 @@ def solve(run: str, puzzle: str, segments: int | None = None) -> dict[str, Any]:
     """
     grid = sudoku.parse_puzzle(puzzle, where="puzzle")
     cfg, model, device = load_trained(run)
+    if (model.vocab, model.seq_len) != (sudoku.VOCAB, sudoku.SIZE):
+        raise PonderInputError(f"{run}: not a Sudoku model (task '{cfg.task.name}'); 'ponder solve' takes Sudoku runs")
     n_segments = check_segments(segments, cfg.train.eval_segments)
     tokens = torch.from_numpy(grid).long()[None].to(device)  # (1, 81)
     halting = cfg.model.halting != "none"
-    preds, used = run_early_exit(model, tokens, n_segments, autocast=cfg.train.autocast, halting=halting)
+    ids = torch.zeros(1, dtype=torch.long, device=device) if cfg.model.puzzle_embedding else None
+    preds, used = run_early_exit(model, tokens, n_segments, autocast=cfg.train.autocast, halting=halting, ids=ids)
     answer, segments_used = preds[0].numpy(), int(used[0])
     valid = sudoku.is_solution(answer) and bool(((grid == 0) | (grid == answer)).all())
     return {
@@ -109,7 +120,7 @@ def presets() -> list[dict[str, Any]]:
     rows = []
     for name in preset_names():
         cfg = build_config(preset=name)
-        model = build_model(cfg.model, sudoku.VOCAB, sudoku.SIZE, sudoku.peer_mask())
+        model = model_for_task(cfg, num_puzzles=preset_puzzles(cfg))
         raw = load_yaml(preset_path(name))
         rows.append({
             "name": name,
@@ -120,7 +131,62 @@ def presets() -> list[dict[str, Any]]:
     return rows
 
 
+def data_build(name: str, overrides: list[str] | None = None, *, out: str, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Build a dataset folder (data.safetensors + manifest.json), seeded and deterministic.
+
+    Args:
+        name: the task (see 'ponder data list')
+        out: the folder to write (must not exist or be empty)
+        overrides: task keys as key=value, e.g. test_size=500 augmentations=100
+        seed: data seed
+    """
+    import time
+
+    from ponder.tasks.builders import build
+    from ponder.tasks.dataset import save_dataset
+
+    out_dir = Path(out)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise PonderInputError(f"{out_dir}: exists and is not an empty folder; choose another --out")
+    values = {"task.name": name, "task.seed": seed, **{_task_key(k): v for k, v in parse_overrides(list(overrides or [])).items()}}
+    cfg = apply_values(RunConfig(), values, "override")  # task defaults, not a preset's
+    start = time.time()
+    dataset = build(cfg.task, progress=progress)
+    manifest = save_dataset(dataset, out_dir)
+    return {"out": str(out_dir), "seconds": round(time.time() - start, 1), **manifest}
+
+
+def data_show(data: str, split: str = "train", n: int = 3) -> dict[str, Any]:
+    """Print a few examples of a dataset folder as grids.
+
+    Args:
+        data: a folder written by 'ponder data build'
+        split: which split
+        n: how many examples
+    """
+    dataset = load_dataset(Path(data), verify=False)
+    if split not in dataset.splits:
+        raise PonderInputError(f"{data}: no '{split}' split; it has {', '.join(dataset.splits)}")
+    part = dataset.splits[split]
+    render = get_builder(dataset.name).render
+    examples = [render(part.inputs[i], part.labels[i]) for i in range(min(n, len(part)))]
+    return {"data": str(data), "name": dataset.name, "split": split, "count": len(part), "counts": {k: len(v) for k, v in dataset.splits.items()}, "examples": examples}
+
+
+def data_list() -> list[dict[str, Any]]:
+    """The tasks that 'ponder data build' and task.name accept."""
+    from ponder.tasks.builders import BUILDERS
+
+    return [{"name": b.name, "raw": list(b.raw), "keys": list(b.keys), "defaults": b.defaults, "description": b.description} for b in BUILDERS.values()]
+
+
 # ------------------------------------------------------------------------------ helpers
+
+def _task_key(key: str) -> str:
+    """'test_size' or 'task.test_size' -> 'task.test_size'; other sections are refused."""
+    if "." in key and not key.startswith("task."):
+        raise PonderInputError(f"override '{key}': 'ponder data build' takes task keys only (e.g. test_size=500)")
+    return key if key.startswith("task.") else f"task.{key}"
 
 def load_trained(run: str | Path):
     """(config, model with EMA weights in eval mode, device) from a run folder."""
@@ -128,10 +194,27 @@ def load_trained(run: str | Path):
     cfg = load_run_config(run_dir)
     tensors, meta = read_checkpoint(run_dir / CHECKPOINT)
     device = pick_device(cfg.train.device)
-    model = build_model(cfg.model, sudoku.VOCAB, sudoku.SIZE, sudoku.peer_mask())
+    model = model_for_task(cfg, num_puzzles=int(meta.get("task_shape", {}).get("num_puzzles", 0)))
     prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
     load_weights(model, tensors, prefix, run_dir / CHECKPOINT)
     return cfg, model.to(device).eval(), device
+
+
+def model_for_task(cfg, num_puzzles: int = 0):
+    """An untrained model of the config's family for its task's shape."""
+    builder = get_builder(cfg.task.name)
+    mask = builder.attention_mask() if builder.attention_mask else None
+    return build_model(cfg.model, builder.vocab, builder.seq_len, mask, num_puzzles)
+
+
+def preset_puzzles(cfg) -> int:
+    """Size of a preset's puzzle table, known before building its data (0 if none)."""
+    if not cfg.model.puzzle_embedding:
+        return 0
+    builder = get_builder(cfg.task.name)
+    if builder.puzzle_count is None:
+        raise PonderInputError(f"task '{cfg.task.name}' has no puzzle identifiers for model.puzzle_embedding")
+    return builder.puzzle_count(builder.resolve(cfg.task))
 
 
 def check_segments(segments: int | None, default: int) -> int:

@@ -1,7 +1,8 @@
 """`ponder <verb>`: subcommands generated from the typed signatures in `ponder.api`.
 
 Positional parameters of an API function become positional arguments; keyword
-parameters become `--flags` of their declared type; a `list[str]` parameter collects
+parameters become `--flags` of their declared type (required when keyword-only without
+a default); a `list[str]` parameter collects
 the remaining `key=value` words. The "Args:" lines of each docstring are the help text.
 Every verb that returns data also takes `--json`.
 """
@@ -23,6 +24,9 @@ VERBS: dict[str, Callable[..., Any]] = {
     "eval": api.evaluate,
     "solve": api.solve,
     "presets": api.presets,
+    "data build": api.data_build,
+    "data show": api.data_show,
+    "data list": api.data_list,
 }
 HIDDEN_PARAMS = {"progress"}
 
@@ -44,7 +48,7 @@ def _base_type(annotation: Any) -> Any:
     return args[0] if args else annotation
 
 
-def add_verb(sub: argparse._SubParsersAction, name: str, fn: Callable) -> None:
+def add_verb(sub: argparse._SubParsersAction, name: str, fn: Callable, full_name: str = "") -> None:
     summary = (fn.__doc__ or "").strip().splitlines()[0]
     parser = sub.add_parser(name, help=summary, description=summary)
     helps = _arg_help(fn)
@@ -56,22 +60,30 @@ def add_verb(sub: argparse._SubParsersAction, name: str, fn: Callable) -> None:
         text = helps.get(pname)
         if typing.get_origin(typ) is list:
             parser.add_argument(pname, nargs="*", default=[], metavar="KEY=VALUE", help=text)
+        elif param.default is inspect.Parameter.empty and param.kind is inspect.Parameter.KEYWORD_ONLY:
+            parser.add_argument(f"--{pname}", type=typ, required=True, metavar=pname.upper(), help=text)
         elif param.default is inspect.Parameter.empty:
             parser.add_argument(pname, type=typ, help=text)
         elif typ is bool:
             parser.add_argument(f"--{pname}", action="store_true", help=text)
         else:
-            parser.add_argument(f"--{pname}", type=typ, default=param.default, metavar=pname.upper(), help=text)
+            flags = [f"-{pname}"] if len(pname) == 1 else [f"--{pname}"]
+            parser.add_argument(*flags, type=typ, default=param.default, metavar=pname.upper(), help=text)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    parser.set_defaults(_fn=fn, _verb=name)
+    parser.set_defaults(_fn=fn, _verb=full_name or name)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ponder", description="Recurrent-depth reasoning: train, evaluate and run models that think by looping.")
     parser.add_argument("--version", action="version", version=f"ponder {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    groups: dict[str, argparse._SubParsersAction] = {}
     for name, fn in VERBS.items():
-        add_verb(sub, name, fn)
+        group, _, verb = name.rpartition(" ")
+        if group and group not in groups:  # "data build": verb "build" of the group "data"
+            group_parser = sub.add_parser(group, help=f"{group} commands: {', '.join(n.split()[-1] for n in VERBS if n.startswith(group + ' '))}")
+            groups[group] = group_parser.add_subparsers(dest=f"{group}_verb", metavar="VERB", required=True)
+        add_verb(groups[group] if group else sub, verb, fn, full_name=name)
     return parser
 
 
@@ -81,20 +93,26 @@ def show_train(result: dict[str, Any]) -> None:
     print(f"\ntest split: {result['n']} puzzles, {result['segments']} segments, {result['train_seconds']:.0f} s training, {result['total_seconds']:.0f} s total")
     print(f"  exact accuracy {result['exact_accuracy']:.4f}   cell accuracy {result['cell_accuracy']:.4f}")
     print(f"  with halting:  exact accuracy {result['halting_accuracy']:.4f} using {result['mean_segments']:.2f} segments on average")
-    show_curve(result["accuracy_by_segment"])
+    show_curve(result["accuracy_by_segment"], result.get("accuracy_by_depth"))
 
 
-def show_curve(curve: list[float]) -> None:
+def show_curve(curve: list[float], by_depth: dict[str, list[float]] | None = None) -> None:
     print("  accuracy vs segments (thinking steps):")
     for k, acc in enumerate(curve, start=1):
         print(f"    {k:3d}  {acc:.4f}  {'#' * round(acc * 40)}")
+    if by_depth:
+        depths = sorted(by_depth, key=int)
+        print("  accuracy by problem depth (rows) and segments (columns):")
+        print("    depth " + " ".join(f"{k:>6d}" for k in range(1, len(curve) + 1)))
+        for d in depths:
+            print(f"    {int(d):5d} " + " ".join(f"{a:6.3f}" for a in by_depth[d]))
 
 
 def show_eval(result: dict[str, Any]) -> None:
     print(f"{result['data']}: {result['n']} puzzles, {result['segments']} segments")
     print(f"  exact accuracy {result['exact_accuracy']:.4f}   cell accuracy {result['cell_accuracy']:.4f}")
     print(f"  with halting:  exact accuracy {result['halting_accuracy']:.4f} using {result['mean_segments']:.2f} segments on average")
-    show_curve(result["accuracy_by_segment"])
+    show_curve(result["accuracy_by_segment"], result.get("accuracy_by_depth"))
 
 
 def show_solve(result: dict[str, Any]) -> None:
@@ -112,17 +130,48 @@ def show_presets(rows: list[dict[str, Any]]) -> None:
         print(f"{r['name']:<{width}}  {r['params'] / 1e6:6.2f}M  {r['description']}")
 
 
-SHOW = {"train": show_train, "eval": show_eval, "solve": show_solve, "presets": show_presets}
+def show_data_build(result: dict[str, Any]) -> None:
+    counts = ", ".join(f"{k} {v:,}" for k, v in result["counts"].items())
+    print(f"{result['out']}: {result['name']} ({counts} examples; vocab {result['vocab']}, length {result['seq_len']})")
+    print(f"  {result['bytes'] / 2**20:.1f} MiB in {result['seconds']:.1f} s; sha256 {result['sha256']}")
+
+
+def show_data_show(result: dict[str, Any]) -> None:
+    counts = ", ".join(f"{k} {v:,}" for k, v in result["counts"].items())
+    print(f"{result['data']}: {result['name']} ({counts}); first {len(result['examples'])} of split '{result['split']}':")
+    for text in result["examples"]:
+        print()
+        print(text)
+
+
+def show_data_list(rows: list[dict[str, Any]]) -> None:
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        where = f" [reads $PONDER_DATA/{', '.join(r['raw'])}]" if r["raw"] else ""
+        print(f"{r['name']:<{width}}  {r['description']}{where}")
+
+
+SHOW = {
+    "train": show_train, "eval": show_eval, "solve": show_solve, "presets": show_presets,
+    "data build": show_data_build, "data show": show_data_show, "data list": show_data_list,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if args.verb is None:
         parser.print_help()
         return 2
-    kwargs = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("verb", "json")}
-    if args._verb == "train":
+    # argparse takes positionals in one run; KEY=VALUE words after a --flag come back
+    # here and belong to the verb's KEY=VALUE list.
+    list_param = next((n for n, v in vars(args).items() if isinstance(v, list) and not n.startswith("_")), None)
+    if extra and (list_param is None or any(w.startswith("-") or "=" not in w for w in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        getattr(args, list_param).extend(extra)
+    kwargs = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("verb", "json") and not k.endswith("_verb")}
+    if args._verb in ("train", "data build"):
         kwargs["progress"] = sys.stderr.isatty() or not args.json
     try:
         result = args._fn(**kwargs)

@@ -19,6 +19,11 @@ from ponder.errors import PonderInputError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "trm-sudoku-cpu"
+# The builders in `ponder.tasks.builders` (a test keeps the two lists equal).
+TASK_NAMES = (
+    "sudoku", "sudoku-extreme-1k", "sudoku-hard-test", "maze-hard", "arc-agi-1", "arc-agi-2",
+    "graph-reach", "bool-depth", "khop", "cellular",
+)
 
 
 @dataclass
@@ -43,19 +48,27 @@ class ModelConfig:
     pondernet_prior: float = 0.2  # looped: rate of PonderNet's geometric prior over steps
     score_dt: float = 0.0  # looped: SCORE's contractive step h = (1 - dt) h + dt F(h); 0 = plain h = F(h)
     iteration_sigma: float = 0.5  # depthrec: spread of the Poisson-lognormal iteration count in training (0: fixed)
+    puzzle_embedding: bool = False  # a learned vector per puzzle identifier (HRM/TRM on ARC), trained by sparse sign-SGD
 
 
 @dataclass
 class TaskConfig:
-    name: str = "sudoku"
-    blanks: int = 40  # generated puzzles: blanks per puzzle
-    train_size: int = 10000  # generated training puzzles (before augmentation)
-    val_size: int = 500  # generated validation puzzles: periodic evaluation
-    test_size: int = 1000  # generated test puzzles: final evaluation only
-    seed: int = 0  # data seed: the same seed gives the same puzzles everywhere
-    train_file: str = ""  # optional CSV / puzzle-per-line file replacing generated training data
-    test_file: str = ""  # optional file replacing the generated test split
-    augment: bool = True  # random Sudoku symmetry per training example
+    name: str = "sudoku"  # a task of `ponder data list`; its builder reads only the keys it lists
+    data_dir: str = ""  # a folder written by `ponder data build` (else the task is built in memory)
+    seed: int = 0  # data seed: the same seed gives the same data everywhere
+    train_size: int = 0  # training examples (before augmentation); 0: the task's default
+    val_size: int = 0  # validation examples: periodic evaluation; 0: the task's default
+    test_size: int = 0  # test examples: final evaluation only; 0: the task's default
+    augmentations: int = -1  # offline augmented copies of each example besides the original (HRM's num_aug); -1: the task's default
+    augment: bool = True  # a random symmetry per training example per step (tasks that define one)
+    blanks: int = 40  # generated Sudoku: blanks per puzzle
+    train_file: str = ""  # generated Sudoku: a CSV / puzzle-per-line file replacing the training split
+    test_file: str = ""  # generated Sudoku: a file replacing the test split
+    eval_demos: bool = True  # ARC: train on the evaluation tasks' demonstration pairs (HRM/TRM do; results must say so)
+    concept_arc: bool = True  # ARC-AGI-1: add the ConceptARC tasks to training (HRM/TRM do)
+    translate: bool = True  # ARC: place each training pair at a random offset on the 30x30 canvas
+    train_depths: str = ""  # compositional tasks: depth range of train and val, "lo-hi"; "": the task's default
+    test_depths: str = ""  # compositional tasks: depth range of test, "lo-hi"; "": the task's default
 
 
 @dataclass
@@ -73,6 +86,8 @@ class TrainConfig:
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
+    puzzle_lr: float = 1e-2  # sign-SGD learning rate of the puzzle-identifier table (same warmup/decay schedule)
+    puzzle_weight_decay: float = 0.1  # applied to the table's rows in each batch
     ema: float = 0.999  # EMA decay of the weights used for evaluation; 0 disables
     loss: str = "ce"  # "ce" or "stablemax"
     halt_loss_weight: float = 0.5
@@ -106,7 +121,7 @@ _CHOICES = {
     ("model", "grad_mode"): ("auto", "full", "last_cycle", "one_step", "truncated"),
     ("model", "mixer"): ("attention", "mlp"),
     ("model", "attention_mask"): ("none", "task"),
-    ("task", "name"): ("sudoku",),
+    ("task", "name"): TASK_NAMES,
     ("train", "optimizer"): ("adamatan2", "adamw"),
     ("train", "lr_schedule"): ("cosine", "constant"),
     ("train", "loss"): ("ce", "stablemax"),
@@ -195,14 +210,18 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("model.mlp_multiple", cfg.model.mlp_multiple >= 1, ">= 1"),
         ("model.mlp_conv", cfg.model.mlp_conv >= 0, ">= 0"),
         ("task.blanks", 0 <= cfg.task.blanks <= 64, "0..64"),
-        ("task.train_size", cfg.task.train_size >= 1, ">= 1"),
-        ("task.val_size", cfg.task.val_size >= 1, ">= 1"),
-        ("task.test_size", cfg.task.test_size >= 1, ">= 1"),
+        ("task.train_size", cfg.task.train_size >= 0, ">= 0"),
+        ("task.val_size", cfg.task.val_size >= 0, ">= 0"),
+        ("task.test_size", cfg.task.test_size >= 0, ">= 0"),
+        ("task.augmentations", cfg.task.augmentations >= -1, ">= 0, or -1 for the task's default"),
+        ("task.train_depths", _depth_range_ok(cfg.task.train_depths), "a depth range 'lo-hi' with 1 <= lo <= hi"),
+        ("task.test_depths", _depth_range_ok(cfg.task.test_depths), "a depth range 'lo-hi' with 1 <= lo <= hi"),
         ("train.steps", cfg.train.steps >= 1, ">= 1"),
         ("train.batch_size", cfg.train.batch_size >= 1, ">= 1"),
         ("train.max_segments", cfg.train.max_segments >= 1, ">= 1"),
         ("train.eval_segments", cfg.train.eval_segments >= 1, ">= 1"),
         ("train.lr", cfg.train.lr > 0, "> 0"),
+        ("train.puzzle_lr", cfg.train.puzzle_lr > 0, "> 0"),
         ("train.max_minutes", cfg.train.max_minutes >= 0, ">= 0"),
         ("train.ema", 0 <= cfg.train.ema < 1, "in [0, 1)"),
         ("train.eval_every", cfg.train.eval_every >= 1, ">= 1"),
@@ -212,6 +231,25 @@ def validate(cfg: RunConfig, source: str) -> None:
     for key, ok, expected in checks:
         if not ok:
             raise PonderInputError(f"{source}: config key '{key}': expected {expected}")
+
+
+def parse_depth_range(text: str) -> tuple[int, int]:
+    """"2-5" -> (2, 5); "3" -> (3, 3)."""
+    lo, _, hi = text.partition("-")
+    lo_i, hi_i = int(lo), int(hi or lo)
+    if not 1 <= lo_i <= hi_i:
+        raise ValueError(text)
+    return lo_i, hi_i
+
+
+def _depth_range_ok(text: str) -> bool:
+    if not text:
+        return True
+    try:
+        parse_depth_range(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:

@@ -70,17 +70,17 @@ def test_rmsnorm_swiglu_sequence_mlp_match_reference():
     assert torch.allclose(seq(x), ref)
 
 
-def test_input_embedding_task_ids():
+def test_input_embedding_puzzle_ids():
     from ponder.nn.blocks import InputEmbedding
 
     torch.manual_seed(0)
-    emb = InputEmbedding(vocab=10, dim=8, seq_len=5, learned_positions=True, num_tasks=3)
-    torch.nn.init.normal_(emb.tasks.weight)
+    emb = InputEmbedding(vocab=10, dim=8, seq_len=5, learned_positions=True, num_puzzles=3)
+    torch.nn.init.normal_(emb.puzzles.weight)
     tokens = torch.randint(0, 10, (2, 5))
     a = emb(tokens, torch.tensor([0, 0]))
     b = emb(tokens, torch.tensor([0, 2]))
     assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1])
-    with pytest.raises(ValueError, match="task_ids"):
+    with pytest.raises(ValueError, match="puzzle_ids"):
         emb(tokens)
 
 

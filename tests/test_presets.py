@@ -27,7 +27,7 @@ def test_default_is_shipped_and_listed():
 def test_embedding_table_is_counted_apart():
     from ponder.models import TRM, count_params
 
-    with_table = TRM(vocab=10, seq_len=9, hidden=16, heads=2, layers=1, num_tasks=7)
+    with_table = TRM(vocab=10, seq_len=9, hidden=16, heads=2, layers=1, num_puzzles=7)
     without = TRM(vocab=10, seq_len=9, hidden=16, heads=2, layers=1)
     assert count_params(with_table) == count_params(without)
     assert count_params(with_table, embeddings=True) == 7 * 16

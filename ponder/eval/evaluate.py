@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ponder.tasks.grids import IGNORE
+from ponder.train.losses import answer_correct
+
 
 @dataclass
 class EvalResult:
@@ -22,14 +25,16 @@ class EvalResult:
     accuracy_by_segment: list[float]  # exact accuracy after segment 1..segments
     halting_accuracy: float  # exact accuracy at each example's halting segment
     mean_segments: float  # mean halting segment (1-based)
+    accuracy_by_depth: dict[str, list[float]] | None = None  # depth -> exact accuracy after segment 1..segments (tasks with a depth dial)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @torch.no_grad()
-def run_segments(model, inputs: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none", progress: bool = False):
-    """Predictions and halting logits after each segment.
+def run_segments(model, inputs: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none", progress: bool = False, ids: torch.Tensor | None = None):
+    """Predictions and halting logits after each segment. `ids`: (N,) puzzle
+    identifiers for a model with a puzzle embedding.
 
     Returns preds (N, S, L) int64 and halt_logits (N, S) float, on the CPU."""
     device = next(model.parameters()).device
@@ -41,10 +46,11 @@ def run_segments(model, inputs: torch.Tensor, segments: int, batch_size: int = 2
         starts = tqdm(starts, desc=f"evaluating {inputs.shape[0]} examples x {segments} segments", unit="batch", leave=False)
     for start in starts:
         tokens = inputs[start : start + batch_size].to(device)
+        puzzle_ids = None if ids is None else ids[start : start + batch_size].to(device)
         state, seg_preds, seg_halts = None, [], []
         for _ in range(segments):
             with autocast_context(device, autocast):
-                out = model(tokens, state)
+                out = model(tokens, state, puzzle_ids)
             state = out.state
             seg_preds.append(out.logits.argmax(-1).cpu())
             seg_halts.append(out.halt_logits.float().cpu())
@@ -54,7 +60,7 @@ def run_segments(model, inputs: torch.Tensor, segments: int, batch_size: int = 2
 
 
 @torch.no_grad()
-def run_early_exit(model, inputs: torch.Tensor, max_segments: int, batch_size: int = 256, autocast: str = "none", halting: bool = True):
+def run_early_exit(model, inputs: torch.Tensor, max_segments: int, batch_size: int = 256, autocast: str = "none", halting: bool = True, ids: torch.Tensor | None = None):
     """Real per-example early exit: after each segment, rows whose halting logit is
     positive keep their answer and leave the batch, so later segments cost only the
     rows still thinking. A halted row's answer is the one it gets when run alone.
@@ -67,10 +73,11 @@ def run_early_exit(model, inputs: torch.Tensor, max_segments: int, batch_size: i
     for start in range(0, inputs.shape[0], batch_size):
         tokens = inputs[start : start + batch_size].to(device)
         rows = torch.arange(start, start + tokens.shape[0])  # dataset rows still thinking
+        puzzle_ids = None if ids is None else ids[rows].to(device)
         state = None
         for seg in range(max_segments):
             with autocast_context(device, autocast):
-                out = model(tokens, state)
+                out = model(tokens, state, puzzle_ids)
             done = ((out.halt_logits > 0).cpu() & halting) | (seg + 1 == max_segments)
             preds[rows[done]] = out.logits.argmax(-1).cpu()[done]
             used[rows[done]] = seg + 1
@@ -78,6 +85,7 @@ def run_early_exit(model, inputs: torch.Tensor, max_segments: int, batch_size: i
             if not keep.any():
                 break
             rows, tokens = rows[keep], tokens[keep.to(device)]
+            puzzle_ids = None if puzzle_ids is None else puzzle_ids[keep.to(device)]
             state = tuple(s[keep.to(device)] for s in out.state)
     return preds, used
 
@@ -91,22 +99,32 @@ def first_halt(halt_logits: torch.Tensor) -> torch.Tensor:
     return idx.long()
 
 
-def evaluate(model, inputs: torch.Tensor, labels: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none", progress: bool = False) -> EvalResult:
+def evaluate(
+    model, inputs: torch.Tensor, labels: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none",
+    progress: bool = False, ids: torch.Tensor | None = None, depths: torch.Tensor | None = None,
+) -> EvalResult:
+    """Accuracy of (N, L) labels' scored positions (not IGNORE) after each segment;
+    with (N,) `depths`, also per depth."""
     was_training = model.training
     model.eval()
-    preds, halts = run_segments(model, inputs, segments, batch_size, autocast, progress)
+    preds, halts = run_segments(model, inputs, segments, batch_size, autocast, progress, ids)
     model.train(was_training)
-    correct_cells = preds == labels.cpu()[:, None, :]  # (N, S, L)
-    exact = correct_cells.all(dim=-1)  # (N, S)
+    labels = labels.cpu()[:, None, :]  # (N, 1, L)
+    exact = answer_correct(preds, labels)  # (N, S)
+    scored = labels[:, 0] != IGNORE  # (N, L)
+    cells_right = ((preds[:, -1] == labels[:, 0]) & scored).sum()
     stop = first_halt(halts)  # (N,)
     return EvalResult(
         n=int(inputs.shape[0]),
         segments=segments,
         exact_accuracy=float(exact[:, -1].float().mean()),
-        cell_accuracy=float(correct_cells[:, -1].float().mean()),
+        cell_accuracy=float(cells_right / scored.sum().clamp_min(1)),
         accuracy_by_segment=[round(float(a), 6) for a in exact.float().mean(dim=0)],
         halting_accuracy=float(exact.gather(1, stop[:, None]).float().mean()),
         mean_segments=float((stop + 1).float().mean()),
+        accuracy_by_depth=None if depths is None else {
+            str(int(d)): [round(float(a), 6) for a in exact[depths.cpu() == d].float().mean(dim=0)] for d in depths.unique()
+        },
     )
 
 

@@ -12,6 +12,7 @@ from ponder.models.hrm import HRM
 from ponder.models.looped import LoopedTransformer
 from ponder.models.transformer import Transformer
 from ponder.models.trm import TRM
+from ponder.train.optim import is_puzzle_table
 
 # family name -> (class, its own gradient mode, the family-specific ModelConfig keys it
 # takes). Add a family by adding one entry.
@@ -24,11 +25,14 @@ REGISTRY: dict[str, tuple[type[RecurrentModel], str, tuple[str, ...]]] = {
 }
 
 
-def build_model(cfg: ModelConfig, vocab: int, seq_len: int, task_mask: torch.Tensor | None = None) -> RecurrentModel:
+def build_model(cfg: ModelConfig, vocab: int, seq_len: int, task_mask: torch.Tensor | None = None, num_puzzles: int = 0) -> RecurrentModel:
     """`task_mask`: the task's (L, L) attention structure, used when
-    `cfg.attention_mask == "task"`."""
+    `cfg.attention_mask == "task"`. `num_puzzles`: size of the task's puzzle-identifier
+    table (identifiers 0..num_puzzles-1), used when `cfg.puzzle_embedding` is on."""
     if cfg.attention_mask == "task" and task_mask is None:
         raise ValueError("model.attention_mask=task but the task defines no attention structure")
+    if cfg.puzzle_embedding and num_puzzles < 2:
+        raise ValueError("model.puzzle_embedding=true but the task defines no puzzle identifiers")
     cls, own_grad_mode, own_keys = REGISTRY[cfg.family]
     return cls(
         **{key: getattr(cfg, key) for key in own_keys},
@@ -46,13 +50,14 @@ def build_model(cfg: ModelConfig, vocab: int, seq_len: int, task_mask: torch.Ten
         mlp_conv=cfg.mlp_conv,
         attention_mask=task_mask if cfg.attention_mask == "task" else None,
         halting=cfg.halting,
+        num_puzzles=num_puzzles if cfg.puzzle_embedding else 0,
     )
 
 
 def count_params(model: nn.Module, embeddings: bool = False) -> int:
     """Trainable parameters, excluding the per-task/puzzle embedding table unless
     `embeddings=True`, in which case only that table is counted."""
-    table = {id(p) for n, p in model.named_parameters() if n.startswith("embed.tasks.")}
+    table = {id(p) for n, p in model.named_parameters() if is_puzzle_table(n)}
     return sum(p.numel() for p in model.parameters() if p.requires_grad and ((id(p) in table) == embeddings))
 
 

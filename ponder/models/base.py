@@ -52,7 +52,7 @@ class RecurrentModel(nn.Module):
         mlp_multiple: int = 16,
         mlp_conv: int = 0,
         attention_mask: torch.Tensor | None = None,
-        num_tasks: int = 0,
+        num_puzzles: int = 0,
         grad_mode: str = "full",
         truncate_steps: int = 1,
         halting: str = "bce",
@@ -60,7 +60,7 @@ class RecurrentModel(nn.Module):
     ):
         super().__init__()
         grad_steps(grad_mode, calls_per_cycle, calls_per_cycle, truncate_steps)  # validate early
-        self.vocab, self.hidden = vocab, hidden
+        self.vocab, self.seq_len, self.hidden = vocab, seq_len, hidden
         self.grad_mode = grad_mode
         self.truncate_steps = truncate_steps
         self.halting = halting
@@ -71,7 +71,7 @@ class RecurrentModel(nn.Module):
             dim=hidden, heads=heads, layers=layers, expansion=expansion, mixer=mixer, seq_len=seq_len,
             rope=use_rope, mask=attention_mask, mlp_multiple=mlp_multiple, mlp_conv=mlp_conv,
         )
-        self.embed = InputEmbedding(vocab, hidden, seq_len, learned_positions=not use_rope, num_tasks=num_tasks)
+        self.embed = InputEmbedding(vocab, hidden, seq_len, learned_positions=not use_rope, num_puzzles=num_puzzles)
 
     def make_stack(self) -> Stack:
         """A new network of `layers` blocks with the shared architecture arguments."""
@@ -97,10 +97,10 @@ class RecurrentModel(nn.Module):
     def readout(self, state: State) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, tokens: torch.Tensor, state: State | None = None, task_ids: torch.Tensor | None = None) -> SegmentOutput:
+    def forward(self, tokens: torch.Tensor, state: State | None = None, puzzle_ids: torch.Tensor | None = None) -> SegmentOutput:
         """tokens: (B, L) ints. Runs one segment from `state` (None: the initial state)."""
         B, L = tokens.shape
-        x = self.embed(tokens, task_ids)  # (B, L, D)
+        x = self.embed(tokens, puzzle_ids)  # (B, L, D)
         if state is None:
             state = self.init_state(B, L)
         calls = self.schedule(x)

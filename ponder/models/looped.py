@@ -103,9 +103,9 @@ class LoopedTransformer(RecurrentModel):
         new = self.net(h + x)
         return new if self.score_dt == 0 else (1 - self.score_dt) * h + self.score_dt * new
 
-    def forward(self, tokens: torch.Tensor, state: State | None = None, task_ids: torch.Tensor | None = None) -> SegmentOutput:
+    def forward(self, tokens: torch.Tensor, state: State | None = None, puzzle_ids: torch.Tensor | None = None) -> SegmentOutput:
         B, L = tokens.shape
-        x = self.embed(tokens, task_ids)  # (B, L, D)
+        x = self.embed(tokens, puzzle_ids)  # (B, L, D)
         h = self.init_state(B, L)[0] if state is None else state[0]
         K = self.cycles
         first_grad = K - grad_steps(self.grad_mode, K, 1, self.truncate_steps)

@@ -160,9 +160,14 @@ class Stack(nn.Module):
 
 class InputEmbedding(nn.Module):
     """Token embedding (scaled by sqrt(D)), a learned position embedding when RoPE is
-    off, and an optional per-task embedding added to every position."""
+    off, and an optional puzzle-identifier embedding added to every position.
 
-    def __init__(self, vocab: int, dim: int, seq_len: int, learned_positions: bool, num_tasks: int = 0):
+    The puzzle table (HRM/TRM) gives each training puzzle (each ARC task and
+    augmentation) a learned vector. It is zero-initialised, so identifier 0 ("none"),
+    which training never updates, adds nothing. Its gradient is sparse (only the rows
+    in the batch), for the sign-SGD optimizer in `ponder.train.optim`."""
+
+    def __init__(self, vocab: int, dim: int, seq_len: int, learned_positions: bool, num_puzzles: int = 0):
         super().__init__()
         self.scale = math.sqrt(dim)
         self.tokens = nn.Embedding(vocab, dim)
@@ -170,16 +175,17 @@ class InputEmbedding(nn.Module):
         self.positions = nn.Parameter(torch.zeros(seq_len, dim)) if learned_positions else None
         if self.positions is not None:
             nn.init.trunc_normal_(self.positions, std=1.0 / self.scale)
-        self.tasks = nn.Embedding(num_tasks, dim) if num_tasks else None
-        if self.tasks is not None:
-            nn.init.zeros_(self.tasks.weight)
+        self.puzzles = nn.Embedding(num_puzzles, dim, sparse=True) if num_puzzles else None
+        if self.puzzles is not None:
+            nn.init.zeros_(self.puzzles.weight)
 
-    def forward(self, tokens: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, puzzle_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, L), puzzle_ids (B,) -> (B, L, D)."""
         x = self.tokens(tokens)  # (B, L, D)
         if self.positions is not None:
             x = x + self.positions
-        if self.tasks is not None:
-            if task_ids is None:
-                raise ValueError("this model has a task embedding: pass task_ids")
-            x = x + self.tasks(task_ids)[:, None, :]
+        if self.puzzles is not None:
+            if puzzle_ids is None:
+                raise ValueError("this model has a puzzle embedding: pass puzzle_ids")
+            x = x + self.puzzles(puzzle_ids)[:, None, :]
         return x * self.scale

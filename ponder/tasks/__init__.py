@@ -1,31 +1,46 @@
-"""Tasks: turn puzzles into fixed-length token sequences with labels.
+"""Tasks: fixed-length token sequences with labels, split into train / val / test.
 
-`load_task(cfg)` returns the train / validation / test splits of a task as tensors.
-Validation is for watching a run (and for choosing settings); test is run once at the
-end and must never be used to choose anything.
+`load_task(cfg)` returns a task's splits as tensors, either read from a folder written
+by `ponder data build` (`task.data_dir`) or built in memory by the task's builder in
+`ponder.tasks.builders`. Validation is for watching a run and for choosing settings;
+test is run once at the end and must never be used to choose anything.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
-import numpy as np
 import torch
 
 from ponder.config import TaskConfig
-from ponder.tasks import sudoku
+from ponder.errors import PonderInputError
+from ponder.tasks.dataset import ArraySplit, Dataset, load_dataset
+from ponder.tasks.grids import IGNORE
 
-CHUNK = 500  # generated puzzles per independently seeded chunk
+__all__ = ["IGNORE", "Split", "TaskData", "load_task", "task_data"]
 
 
 @dataclass
 class Split:
     inputs: torch.Tensor  # (N, L) int64 tokens
-    labels: torch.Tensor  # (N, L) int64 target tokens
+    labels: torch.Tensor  # (N, L) int64 target tokens, IGNORE where not scored
+    ids: torch.Tensor | None = None  # (N,) int64 puzzle identifiers (0 = none)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # task-specific (N, ...) arrays, e.g. "depth"
 
     def __len__(self) -> int:
         return self.inputs.shape[0]
+
+    @staticmethod
+    def from_arrays(split: ArraySplit) -> "Split":
+        tensors = {k: torch.from_numpy(v.astype("int64")) for k, v in split.extra.items()}
+        return Split(
+            inputs=torch.from_numpy(split.inputs.astype("int64")),
+            labels=torch.from_numpy(split.labels.astype("int64")),
+            ids=tensors.pop("ids", None),
+            extra=tensors,
+        )
 
 
 @dataclass
@@ -37,56 +52,47 @@ class TaskData:
     val: Split
     test: Split
     attention_mask: torch.Tensor | None = None  # (L, L) bool structure, if the task has one
+    num_puzzles: int = 0  # size of the puzzle-identifier table (largest id + 1), 0 if the task has none
+    augment: Callable | None = None  # (inputs, labels, generator) -> (inputs, labels): a random symmetry per row
+    info: dict = field(default_factory=dict)  # the dataset's task-specific metadata
 
 
-def _chunk(args: tuple[int, int, str]) -> tuple[np.ndarray, np.ndarray]:
-    n, blanks, seed = args
-    return sudoku.generate(n, blanks, seed=seed)
+def task_data(dataset: Dataset) -> TaskData:
+    """Tensors and the task's helpers for a built dataset."""
+    from ponder.tasks.builders import get_builder
+
+    builder = get_builder(dataset.name)
+    missing = [s for s in ("train", "val", "test") if s not in dataset.splits]
+    if missing:
+        raise PonderInputError(f"dataset '{dataset.name}' has no {', '.join(missing)} split; it cannot be trained on (it is an evaluation set)")
+    splits = {name: Split.from_arrays(split) for name, split in dataset.splits.items()}
+    ids = [s.ids for s in splits.values() if s.ids is not None]
+    return TaskData(
+        name=dataset.name,
+        vocab=dataset.vocab,
+        seq_len=dataset.seq_len,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        attention_mask=builder.attention_mask() if builder.attention_mask else None,
+        num_puzzles=int(max(int(i.max()) for i in ids)) + 1 if ids else 0,
+        augment=builder.augment,
+        info=dataset.info,
+    )
 
 
-def generate_split(n: int, blanks: int, seed: int, split: str, workers: int = 2, progress: bool = False) -> Split:
-    """`n` generated puzzles in chunks of CHUNK, chunk k seeded by (seed, split, k):
-    the bytes depend only on (n, blanks, seed, split), not on the worker count."""
-    jobs = [(min(CHUNK, n - start), blanks, f"sudoku-{split}-{seed}-{k}") for k, start in enumerate(range(0, n, CHUNK))]
-    bar = None
-    if progress:
-        from tqdm import tqdm
+def load_dataset_for(cfg: TaskConfig, progress: bool = False, splits: tuple[str, ...] = ("train", "val", "test")) -> Dataset:
+    """The config's dataset: the folder `task.data_dir`, or built now from the config
+    (only `splits`)."""
+    from ponder.tasks.builders import build
 
-        bar = tqdm(total=n, desc=f"generating {split} puzzles", unit="puzzle", leave=False)
-    parts = []
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for part in pool.map(_chunk, jobs):
-                parts.append(part)
-                if bar is not None:
-                    bar.update(len(part[0]))
-    else:
-        for job in jobs:
-            parts.append(_chunk(job))
-            if bar is not None:
-                bar.update(job[0])
-    if bar is not None:
-        bar.close()
-    puzzles = np.concatenate([p for p, _ in parts])
-    solutions = np.concatenate([s for _, s in parts])
-    return Split(torch.from_numpy(puzzles).long(), torch.from_numpy(solutions).long())
-
-
-def file_split(path: str) -> Split:
-    puzzles, solutions = sudoku.read_puzzles(path)
-    return Split(torch.from_numpy(puzzles).long(), torch.from_numpy(solutions).long())
-
-
-def load_split(cfg: TaskConfig, split: str, progress: bool = False) -> Split:
-    """One split: a file named in the config, or generated puzzles."""
-    file = {"train": cfg.train_file, "test": cfg.test_file}.get(split, "")
-    if file:
-        return file_split(file)
-    size = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}[split]
-    return generate_split(size, cfg.blanks, cfg.seed, split, progress=progress)
+    if cfg.data_dir:
+        dataset = load_dataset(Path(cfg.data_dir))
+        if dataset.name != cfg.name:
+            raise PonderInputError(f"{cfg.data_dir}: holds a '{dataset.name}' dataset but task.name is '{cfg.name}'")
+        return dataset
+    return build(cfg, splits=splits, progress=progress)
 
 
 def load_task(cfg: TaskConfig, progress: bool = False) -> TaskData:
-    """Build the three splits; files named in the config replace generated splits."""
-    train, val, test = (load_split(cfg, s, progress) for s in ("train", "val", "test"))
-    return TaskData(name=cfg.name, vocab=sudoku.VOCAB, seq_len=sudoku.SIZE, train=train, val=val, test=test, attention_mask=sudoku.peer_mask())
+    return task_data(load_dataset_for(cfg, progress))

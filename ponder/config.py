@@ -172,6 +172,8 @@ def apply_values(cfg: RunConfig, values: dict[str, Any], source: str) -> RunConf
                 flat[f"{k}.{kk}"] = vv
         else:
             flat[k] = v
+    if "task.name" in flat and str(flat["task.name"]) != cfg.task.name:
+        cfg.task = TaskConfig()  # another task: the earlier layers' task keys were meant for the old one
     for dotted, value in flat.items():
         if dotted == "description":
             cfg.description = str(value)
@@ -293,7 +295,8 @@ def preset_path(name: str) -> Path:
 
 def build_config(preset: str | None = None, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Defaults, then a preset (default: the embedded CPU Sudoku run), then a YAML file,
-    then overrides; each layer is checked key by key."""
+    then overrides; each layer is checked key by key. A layer that changes `task.name`
+    starts the task section afresh, so a preset's Sudoku sizes never leak into another task."""
     cfg = RunConfig()
     if preset is None and config_file is None:
         preset = DEFAULT_PRESET

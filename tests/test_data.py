@@ -11,7 +11,7 @@ import torch
 from ponder.config import TASK_NAMES, TaskConfig
 from ponder.errors import PonderInputError
 from ponder.tasks import load_task, sudoku
-from ponder.tasks.builders import BUILDERS, HARD_SET, augment_copies, build, get_builder
+from ponder.tasks.builders import BUILDERS, augment_copies, build, get_builder
 from ponder.tasks.dataset import DATA_FILE, MANIFEST, load_dataset, save_dataset
 
 
@@ -91,24 +91,6 @@ def test_missing_benchmark_folder_is_one_clear_error(monkeypatch, tmp_path):
         build(TaskConfig(name="sudoku-extreme-1k"))
 
 
-@pytest.fixture
-def fake_benchmarks(tmp_path, monkeypatch):
-    """A tiny $PONDER_DATA: 6 'Sudoku-Extreme' training puzzles and a 'hard set' of 14
-    puzzles, two of them symmetric copies of training puzzles."""
-    train_p, train_s = sudoku.generate(6, 50, seed=11)
-    hard_p, _ = sudoku.generate(12, 50, seed=12)
-    rng = np.random.default_rng(5)
-    copies = [sudoku.Symmetry.random(rng).apply(train_p[k]) for k in (0, 3)]
-    (tmp_path / "sudoku-extreme-1k").mkdir()
-    rows = ["source,question,answer,rating"] + [f"x,{sudoku.format_grid(p)},{sudoku.format_grid(s)}," for p, s in zip(train_p, train_s)]
-    (tmp_path / "sudoku-extreme-1k" / "train.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "sudoku-hard-sets").mkdir()
-    lines = [sudoku.format_grid(p) for p in list(hard_p[:5]) + copies[:1] + list(hard_p[5:]) + copies[1:]]
-    (tmp_path / "sudoku-hard-sets" / HARD_SET).write_text("\n".join(lines) + "\n")
-    monkeypatch.setenv("PONDER_DATA", str(tmp_path))
-    return train_p, train_s
-
-
 def test_sudoku_extreme_drops_held_out_puzzles_equivalent_to_training(fake_benchmarks):
     train_p, train_s = fake_benchmarks
     data = build(TaskConfig(name="sudoku-extreme-1k", val_size=4, test_size=8, augmentations=2))
@@ -144,3 +126,21 @@ def test_data_cli_build_show_and_errors(ponder_cmd, tmp_path):
         bad = subprocess.run(ponder_cmd + args, capture_output=True, text=True)
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert not (tmp_path / "e").exists()
+
+
+def test_puzzle_embedding_trains_only_seen_rows_by_sign_sgd(fake_benchmarks, tmp_path):
+    """HRM's per-puzzle vectors: ids 1..6 (one per training puzzle) are looked up in
+    training and move; id 0, which the held-out puzzles use, stays zero."""
+    from ponder import api
+    from ponder.train.checkpoint import read_checkpoint
+
+    overrides = ["model.hidden=16", "model.heads=2", "model.layers=1", "model.latent_steps=1", "model.cycles=1", "model.puzzle_embedding=true",
+                 "task.name=sudoku-extreme-1k", "task.val_size=2", "task.test_size=2", "task.augmentations=1", "train.steps=3",
+                 "train.batch_size=4", "train.max_segments=2", "train.eval_segments=2", "train.lr_warmup=1", "train.ema=0"]
+    result = api.train(overrides, out=str(tmp_path / "run"), progress=False)
+    assert result["n"] == 2
+    tensors, meta = read_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    table = tensors["model.embed.puzzles.weight"]  # (7, 16)
+    assert meta["task_shape"]["num_puzzles"] == 7 and table.shape == (7, 16)
+    assert (table[0] == 0).all() and (table[1:].abs().sum(dim=1) > 0).sum() >= 3
+    assert api.evaluate(str(tmp_path / "run"), segments=1)["n"] == 2  # held-out rows use id 0

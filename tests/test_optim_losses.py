@@ -64,3 +64,50 @@ def test_act_q_loss_matches_definition():
     last = act_q_loss(q, correct, nxt, is_last=True)
     want = [bce(0.3, 1) + bce(-0.2, sig(1.5)), bce(-1.0, 0) + bce(2.0, sig(-0.5))]
     assert torch.allclose(last, torch.tensor(want), atol=1e-6)
+
+
+def test_sparse_sign_sgd_matches_dense_reference():
+    """Only the rows looked up in the batch move: decayed, then stepped by the sign of
+    their summed gradient (a repeated id counts once); other rows are untouched."""
+    from ponder.train.optim import SparseSignSGD
+
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(6, 4, sparse=True).double()
+    dense = torch.nn.Embedding(6, 4).double()
+    dense.weight.data.copy_(table.weight.data)
+    before = table.weight.detach().clone()
+    ids = torch.tensor([1, 3, 3, 5])
+    target = torch.randn(4, 4, dtype=torch.float64)
+    for module in (table, dense):
+        ((module(ids) - target) ** 2).sum().backward()
+    SparseSignSGD(table.parameters(), lr=0.01, weight_decay=0.5).step()
+    expected = before.clone()
+    for row in (1, 3, 5):
+        expected[row] = before[row] * (1 - 0.01 * 0.5) - 0.01 * dense.weight.grad[row].sign()
+    assert torch.equal(table.weight.detach(), expected)
+    assert torch.equal(table.weight[[0, 2, 4]], before[[0, 2, 4]])
+
+
+def test_ignored_positions_are_neither_trained_nor_scored():
+    from ponder.tasks.grids import IGNORE
+    from ponder.train.losses import answer_correct, expected_token_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 7, requires_grad=True)
+    labels = torch.randint(0, 7, (3, 5))
+    labels[0, 1:] = IGNORE
+    labels[2, :2] = IGNORE
+    for kind in ("ce", "stablemax"):
+        loss = token_loss(logits, labels, kind)  # (B,)
+        for b in range(3):
+            keep = labels[b] != IGNORE
+            alone = token_loss(logits[b : b + 1, keep], labels[b : b + 1, keep], kind)
+            assert torch.allclose(loss[b], alone[0], atol=1e-6)
+        grad, = torch.autograd.grad(loss.sum(), logits)
+        assert (grad[0, 1:] == 0).all() and (grad[2, :2] == 0).all()
+    probs = torch.softmax(torch.randn(2, 3, 5), dim=0)  # (K, B, L)
+    steps = torch.stack([logits.detach(), logits.detach()])
+    assert torch.allclose(expected_token_loss(steps, probs, labels), token_loss(logits.detach(), labels), atol=1e-6)
+    preds = torch.where(labels == IGNORE, 0, labels)
+    preds[1, 0] = (labels[1, 0] + 1) % 7
+    assert answer_correct(preds, labels).tolist() == [True, False, True]

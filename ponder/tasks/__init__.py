@@ -67,6 +67,9 @@ def task_data(dataset: Dataset) -> TaskData:
         raise PonderInputError(f"dataset '{dataset.name}' has no {', '.join(missing)} split; it cannot be trained on (it is an evaluation set)")
     splits = {name: Split.from_arrays(split) for name, split in dataset.splits.items()}
     ids = [s.ids for s in splits.values() if s.ids is not None]
+    for split in splits.values():
+        if ids and split.ids is None:  # puzzles without an identifier (held out): id 0 adds nothing
+            split.ids = torch.zeros(len(split), dtype=torch.long)
     return TaskData(
         name=dataset.name,
         vocab=dataset.vocab,

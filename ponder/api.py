@@ -21,7 +21,7 @@ from ponder.errors import PonderInputError
 from ponder.eval.evaluate import evaluate as evaluate_model
 from ponder.eval.evaluate import run_early_exit
 from ponder.models import build_model, count_params
-from ponder.tasks import Split, load_dataset_for, sudoku
+from ponder.tasks import Split, load_dataset_for, scorer, sudoku
 from ponder.tasks.builders import get_builder
 from ponder.tasks.dataset import MANIFEST, load_dataset
 from ponder.train.checkpoint import CHECKPOINT, load_weights, read_checkpoint
@@ -68,21 +68,29 @@ def evaluate(run: str, data: str | None = None, segments: int | None = None, spl
     cfg, model, device = load_trained(run)
     if split not in ("test", "val"):
         raise PonderInputError(f"--split: expected test or val, got {split!r}")
+    builder, info = get_builder(cfg.task.name), {}
     if data and not (Path(data) / MANIFEST).is_file():
         puzzles, solutions = sudoku.read_puzzles(data)
         examples, source = Split(torch.from_numpy(puzzles).long(), torch.from_numpy(solutions).long()), str(data)
+        builder = get_builder("sudoku")
     else:
         dataset = load_dataset(Path(data)) if data else load_dataset_for(cfg.task, splits=(split,))
         if split not in dataset.splits:
             raise PonderInputError(f"{data or run}: the dataset has no '{split}' split; it has {', '.join(dataset.splits)}")
         examples, source = Split.from_arrays(dataset.splits[split]), f"{split} split of {data or run}"
+        builder, info = get_builder(dataset.name), dataset.info
         if (dataset.vocab, dataset.seq_len) != (model.vocab, model.seq_len):
             raise PonderInputError(f"{data}: a '{dataset.name}' dataset (vocab {dataset.vocab}, length {dataset.seq_len}) does not fit this model (vocab {model.vocab}, length {model.seq_len})")
     ids = examples.ids if cfg.model.puzzle_embedding else None
     if cfg.model.puzzle_embedding and ids is None:
         ids = torch.zeros(len(examples), dtype=torch.long)  # unknown puzzles: identifier 0 adds nothing
+    if ids is not None and int(ids.max()) >= model.embed.puzzles.num_embeddings:
+        raise PonderInputError(f"{data or run}: puzzle identifiers up to {int(ids.max())}, but the model's table has {model.embed.puzzles.num_embeddings}; evaluate on the dataset it was trained with")
     n_segments = check_segments(segments, cfg.train.eval_segments)
-    result = evaluate_model(model, examples.inputs.to(device), examples.labels.to(device), n_segments, autocast=cfg.train.autocast, progress=sys.stderr.isatty(), ids=ids, depths=examples.extra.get("depth"))
+    result = evaluate_model(
+        model, examples.inputs.to(device), examples.labels.to(device), n_segments, autocast=cfg.train.autocast,
+        progress=sys.stderr.isatty(), ids=ids, depths=examples.extra.get("depth"), score=scorer(builder.score, examples, info),
+    )
     return {"data": source, **result.to_dict()}
 
 

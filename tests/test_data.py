@@ -144,3 +144,22 @@ def test_puzzle_embedding_trains_only_seen_rows_by_sign_sgd(fake_benchmarks, tmp
     assert meta["task_shape"]["num_puzzles"] == 7 and table.shape == (7, 16)
     assert (table[0] == 0).all() and (table[1:].abs().sum(dim=1) > 0).sum() >= 3
     assert api.evaluate(str(tmp_path / "run"), segments=1)["n"] == 2  # held-out rows use id 0
+
+
+def test_arc_and_maze_runs_report_their_own_scores(fake_benchmarks, tmp_path):
+    """An ARC run votes over augmented versions and reports pass@k under both rules,
+    says whether evaluation demonstrations were trained on, and writes submission.json;
+    a maze run counts any shortest path."""
+    from ponder import api
+
+    small = ["model.hidden=16", "model.heads=2", "model.layers=1", "model.latent_steps=1", "model.cycles=1", "train.steps=2",
+             "train.batch_size=4", "train.max_segments=1", "train.eval_segments=1", "train.lr_warmup=1"]
+    result = api.train(small + ["task.augmentations=3", "task.concept_arc=false"], preset="trm-arc-agi-1", out=str(tmp_path / "arc"), progress=False)
+    metrics = result["task_metrics"]
+    assert metrics["trained_on_eval_demonstrations"] is True and metrics["test_inputs"] == 2
+    assert set(metrics["pass@1"]) == {"task", "input", "tasks"} and metrics["pass@1"]["tasks"] == 2
+    submission = json.loads((tmp_path / "arc" / "submission.json").read_text())
+    assert sorted(submission) == ["1e0", "1e1"] and set(submission["1e0"][0]) == {"attempt_1", "attempt_2"}
+    maze_run = api.train(small + ["task.val_size=2"], preset="trm-maze-hard", out=str(tmp_path / "maze"), progress=False)
+    assert 0 <= maze_run["task_metrics"]["valid_path_accuracy"] <= 1 and maze_run["n"] == 4
+    assert api.evaluate(str(tmp_path / "maze"), segments=1)["task_metrics"] == maze_run["task_metrics"]

@@ -9,6 +9,7 @@ logit is positive, or the last one), so the two are always consistent.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 
@@ -26,6 +27,8 @@ class EvalResult:
     halting_accuracy: float  # exact accuracy at each example's halting segment
     mean_segments: float  # mean halting segment (1-based)
     accuracy_by_depth: dict[str, list[float]] | None = None  # depth -> exact accuracy after segment 1..segments (tasks with a depth dial)
+    cell_accuracy_by_depth: dict[str, float] | None = None  # depth -> scored positions right after the last segment
+    task_metrics: dict | None = None  # the task's own scoring of the last segment's answers (e.g. ARC pass@k, valid maze paths)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -102,9 +105,11 @@ def first_halt(halt_logits: torch.Tensor) -> torch.Tensor:
 def evaluate(
     model, inputs: torch.Tensor, labels: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none",
     progress: bool = False, ids: torch.Tensor | None = None, depths: torch.Tensor | None = None,
+    score: Callable[[torch.Tensor, torch.Tensor], dict] | None = None,
 ) -> EvalResult:
     """Accuracy of (N, L) labels' scored positions (not IGNORE) after each segment;
-    with (N,) `depths`, also per depth."""
+    with (N,) `depths`, also per depth; `score(preds (N, L), halting probability (N,))`
+    adds the task's own metrics for the last segment's answers."""
     was_training = model.training
     model.eval()
     preds, halts = run_segments(model, inputs, segments, batch_size, autocast, progress, ids)
@@ -112,7 +117,8 @@ def evaluate(
     labels = labels.cpu()[:, None, :]  # (N, 1, L)
     exact = answer_correct(preds, labels)  # (N, S)
     scored = labels[:, 0] != IGNORE  # (N, L)
-    cells_right = ((preds[:, -1] == labels[:, 0]) & scored).sum()
+    right = (preds[:, -1] == labels[:, 0]) & scored  # (N, L)
+    cells_right = right.sum()
     stop = first_halt(halts)  # (N,)
     return EvalResult(
         n=int(inputs.shape[0]),
@@ -124,6 +130,10 @@ def evaluate(
         mean_segments=float((stop + 1).float().mean()),
         accuracy_by_depth=None if depths is None else {
             str(int(d)): [round(float(a), 6) for a in exact[depths.cpu() == d].float().mean(dim=0)] for d in depths.unique()
+        },
+        task_metrics=None if score is None else score(preds[:, -1], torch.sigmoid(halts[:, -1])),
+        cell_accuracy_by_depth=None if depths is None else {
+            str(int(d)): round(float(right[depths.cpu() == d].sum() / scored[depths.cpu() == d].sum().clamp_min(1)), 6) for d in depths.unique()
         },
     )
 

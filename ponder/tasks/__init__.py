@@ -19,7 +19,7 @@ from ponder.errors import PonderInputError
 from ponder.tasks.dataset import ArraySplit, Dataset, load_dataset
 from ponder.tasks.grids import IGNORE
 
-__all__ = ["IGNORE", "Split", "TaskData", "load_task", "task_data"]
+__all__ = ["IGNORE", "Split", "TaskData", "load_task", "scorer", "task_data"]
 
 
 @dataclass
@@ -54,6 +54,7 @@ class TaskData:
     attention_mask: torch.Tensor | None = None  # (L, L) bool structure, if the task has one
     num_puzzles: int = 0  # size of the puzzle-identifier table (largest id + 1), 0 if the task has none
     augment: Callable | None = None  # (inputs, labels, generator) -> (inputs, labels): a random symmetry per row
+    score: Callable | None = None  # the task's own metrics, see `ponder.tasks.builders.Builder.score`
     info: dict = field(default_factory=dict)  # the dataset's task-specific metadata
 
 
@@ -80,6 +81,7 @@ def task_data(dataset: Dataset) -> TaskData:
         attention_mask=builder.attention_mask() if builder.attention_mask else None,
         num_puzzles=int(max(int(i.max()) for i in ids)) + 1 if ids else 0,
         augment=builder.augment,
+        score=builder.score,
         info=dataset.info,
     )
 
@@ -99,3 +101,10 @@ def load_dataset_for(cfg: TaskConfig, progress: bool = False, splits: tuple[str,
 
 def load_task(cfg: TaskConfig, progress: bool = False) -> TaskData:
     return task_data(load_dataset_for(cfg, progress))
+
+
+def scorer(score: Callable | None, split: Split, info: dict, out_dir: Path | None = None) -> Callable | None:
+    """`score` bound to one split, in the form `evaluate(..., score=)` takes."""
+    if score is None:
+        return None
+    return lambda preds, halt_probs: score(split.inputs, preds, halt_probs, split, info, out_dir)

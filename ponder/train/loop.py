@@ -34,7 +34,7 @@ from ponder.config import RunConfig, config_from_dict
 from ponder.errors import PonderInputError
 from ponder.eval.evaluate import autocast_context, evaluate
 from ponder.models import build_model, count_params
-from ponder.tasks import load_task
+from ponder.tasks import load_task, scorer
 from ponder.train.checkpoint import CHECKPOINT, read_checkpoint, restore, save_checkpoint
 from ponder.train.ema import EMA
 from ponder.train.losses import act_q_loss, answer_correct, expected_token_loss, token_loss
@@ -315,7 +315,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
 
     final = evaluate(
         eval_model, data.test.inputs, data.test.labels, tc.eval_segments, autocast=tc.autocast, progress=progress,
-        ids=data.test.ids if use_ids else None, depths=data.test.extra.get("depth"),
+        ids=data.test.ids if use_ids else None, depths=data.test.extra.get("depth"), score=scorer(data.score, data.test, data.info, out_dir),
     )
     result = {"split": "test", "step": done, "train_seconds": round(trained_seconds, 1), "total_seconds": round(time.time() - t0, 1), **final.to_dict()}
     log.write({"event": "test", **result})

@@ -104,6 +104,8 @@ def test_sudoku_extreme_drops_held_out_puzzles_equivalent_to_training(fake_bench
     # The stand-alone test set is the same sample.
     alone = build(TaskConfig(name="sudoku-hard-test", test_size=8))
     assert np.array_equal(alone.splits["test"].inputs, data.splits["test"].inputs) and list(alone.splits) == ["test"]
+    val_alone = build(TaskConfig(name="sudoku-extreme-1k", val_size=4, test_size=8), splits=("val",))
+    assert list(val_alone.splits) == ["val"] and np.array_equal(val_alone.splits["val"].inputs, data.splits["val"].inputs)
     # 12 of the 14 puzzles are distinct from training: asking for 13 must fail, not leak.
     with pytest.raises(PonderInputError, match="only 12 distinct puzzles left"):
         build(TaskConfig(name="sudoku-hard-test", test_size=13))

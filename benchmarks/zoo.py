@@ -20,6 +20,8 @@ import shutil
 import statistics
 from pathlib import Path
 
+from records import write_record
+
 FAMILIES = ("trm", "hrm", "looped", "urm", "score", "depthrec", "transformer")
 
 
@@ -85,15 +87,7 @@ def report(root: Path, record: Path | None) -> None:
     print(text)
     if record is None:
         return
-    record.mkdir(parents=True, exist_ok=True)
-    (record / "table.md").write_text(text + "\n")
-    plot(results, record / "accuracy_vs_segments.png")
-    for path in root.glob("*/seed*/results.json"):
-        dest = record / path.parent.parent.name / path.parent.name
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in ("config.json", "metrics.jsonl", "results.json"):
-            shutil.copy(path.parent / name, dest / name)
-
+    write_record(root, "*/seed*/results.json", record, text, lambda path: plot(results, path), "accuracy_vs_segments.png")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -72,15 +72,16 @@ def evaluate(run: str, data: str | None = None, segments: int | None = None, spl
     if data and not (Path(data) / MANIFEST).is_file():
         puzzles, solutions = sudoku.read_puzzles(data)
         examples, source = Split(torch.from_numpy(puzzles).long(), torch.from_numpy(solutions).long()), str(data)
-        builder = get_builder("sudoku")
+        builder, shape = get_builder("sudoku"), ("Sudoku file", sudoku.VOCAB, sudoku.SIZE)
     else:
         dataset = load_dataset(Path(data)) if data else load_dataset_for(cfg.task, splits=(split,))
         if split not in dataset.splits:
             raise PonderInputError(f"{data or run}: the dataset has no '{split}' split; it has {', '.join(dataset.splits)}")
         examples, source = Split.from_arrays(dataset.splits[split]), f"{split} split of {data or run}"
         builder, info = get_builder(dataset.name), dataset.info
-        if (dataset.vocab, dataset.seq_len) != (model.vocab, model.seq_len):
-            raise PonderInputError(f"{data}: a '{dataset.name}' dataset (vocab {dataset.vocab}, length {dataset.seq_len}) does not fit this model (vocab {model.vocab}, length {model.seq_len})")
+        shape = (f"'{dataset.name}' dataset", dataset.vocab, dataset.seq_len)
+    if shape[1:] != (model.vocab, model.seq_len):
+        raise PonderInputError(f"{data}: a {shape[0]} (vocab {shape[1]}, length {shape[2]}) does not fit this model (vocab {model.vocab}, length {model.seq_len})")
     ids = examples.ids if cfg.model.puzzle_embedding else None
     if cfg.model.puzzle_embedding and ids is None:
         ids = torch.zeros(len(examples), dtype=torch.long)  # unknown puzzles: identifier 0 adds nothing

@@ -165,3 +165,7 @@ def test_arc_and_maze_runs_report_their_own_scores(fake_benchmarks, tmp_path):
     maze_run = api.train(small + ["task.val_size=2"], preset="trm-maze-hard", out=str(tmp_path / "maze"), progress=False)
     assert 0 <= maze_run["task_metrics"]["valid_path_accuracy"] <= 1 and maze_run["n"] == 4
     assert api.evaluate(str(tmp_path / "maze"), segments=1)["task_metrics"] == maze_run["task_metrics"]
+    puzzles = tmp_path / "p.txt"
+    puzzles.write_text(sudoku.format_grid(fake_benchmarks[0][0]) + "\n")
+    with pytest.raises(PonderInputError, match="a Sudoku file .* does not fit this model"):
+        api.evaluate(str(tmp_path / "maze"), data=str(puzzles))

@@ -125,13 +125,14 @@ def plot(results: dict[str, dict[str, dict]], path: Path) -> None:
     fig, axes = plt.subplots(2, len(results), figsize=(4 * len(results), 7), squeeze=False)
     for col, (task, runs) in enumerate(results.items()):
         top, bottom = axes[0][col], axes[1][col]
-        for family, r in runs.items():
+        for i, (family, r) in enumerate(sorted(runs.items())):
+            color = f"C{i}"  # one colour per family in both panels
             depths = sorted(r["accuracy_by_depth"], key=int)
             train_max = _train_max(r, task)
-            top.plot([int(d) for d in depths], [r["accuracy_by_depth"][d][-1] for d in depths], "o-", ms=3, label=f"{family}, {r['segments']} seg")
-            top.plot([int(d) for d in depths], [r["accuracy_by_depth"][d][3] for d in depths], "x--", ms=3, alpha=0.6, label=f"{family}, 4 seg")
+            top.plot([int(d) for d in depths], [r["accuracy_by_depth"][d][-1] for d in depths], "o-", ms=3, color=color, label=f"{family}, {r['segments']} seg")
+            top.plot([int(d) for d in depths], [r["accuracy_by_depth"][d][3] for d in depths], "x--", ms=3, alpha=0.6, color=color, label=f"{family}, 4 seg")
             segs = range(1, r["segments"] + 1)
-            bottom.plot(list(segs), [_beyond(r, train_max, k) for k in segs], "o-", ms=3, label=family)
+            bottom.plot(list(segs), [_beyond(r, train_max, k) for k in segs], "o-", ms=3, color=color, label=family)
         top.axvspan(0.5, train_max + 0.5, color="0.9", zorder=0)
         top.set(title=task, xlabel="problem depth (shaded: trained)", ylabel="test exact accuracy", ylim=(0, 1.02))
         bottom.set(xlabel="segments at test time", ylabel=f"accuracy on depths > {train_max}", ylim=(0, 1.02))

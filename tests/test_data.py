@@ -169,3 +169,22 @@ def test_arc_and_maze_runs_report_their_own_scores(fake_benchmarks, tmp_path):
     puzzles.write_text(sudoku.format_grid(fake_benchmarks[0][0]) + "\n")
     with pytest.raises(PonderInputError, match="a Sudoku file .* does not fit this model"):
         api.evaluate(str(tmp_path / "maze"), data=str(puzzles))
+
+
+def test_accuracy_by_depth_matches_a_direct_count():
+    from ponder.eval.evaluate import evaluate
+    from ponder.models import TRM
+    from ponder.train.losses import answer_correct
+
+    torch.manual_seed(0)
+    model = TRM(vocab=5, seq_len=6, hidden=16, heads=2, layers=1)
+    inputs = torch.randint(0, 5, (12, 6))
+    labels = inputs.clone()
+    labels[:, :2] = -100  # unscored
+    depths = torch.tensor([1, 2, 3] * 4)
+    result = evaluate(model, inputs, labels, segments=2, depths=depths)
+    preds = model(inputs).logits.argmax(-1)  # segment 1 from the initial state
+    for d in (1, 2, 3):
+        rows = depths == d
+        assert result.accuracy_by_depth[str(d)][0] == pytest.approx(float(answer_correct(preds[rows], labels[rows]).float().mean()))
+    assert set(result.cell_accuracy_by_depth) == {"1", "2", "3"}

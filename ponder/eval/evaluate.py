@@ -120,6 +120,7 @@ def evaluate(
     right = (preds[:, -1] == labels[:, 0]) & scored  # (N, L)
     cells_right = right.sum()
     stop = first_halt(halts)  # (N,)
+    by_depth = {} if depths is None else {str(int(d)): depths.cpu() == d for d in depths.unique()}  # depth -> (N,) rows
     return EvalResult(
         n=int(inputs.shape[0]),
         segments=segments,
@@ -128,13 +129,9 @@ def evaluate(
         accuracy_by_segment=[round(float(a), 6) for a in exact.float().mean(dim=0)],
         halting_accuracy=float(exact.gather(1, stop[:, None]).float().mean()),
         mean_segments=float((stop + 1).float().mean()),
-        accuracy_by_depth=None if depths is None else {
-            str(int(d)): [round(float(a), 6) for a in exact[depths.cpu() == d].float().mean(dim=0)] for d in depths.unique()
-        },
+        accuracy_by_depth={d: [round(float(a), 6) for a in exact[rows].float().mean(dim=0)] for d, rows in by_depth.items()} or None,
+        cell_accuracy_by_depth={d: round(float(right[rows].sum() / scored[rows].sum().clamp_min(1)), 6) for d, rows in by_depth.items()} or None,
         task_metrics=None if score is None else score(preds[:, -1], torch.sigmoid(halts[:, -1])),
-        cell_accuracy_by_depth=None if depths is None else {
-            str(int(d)): round(float(right[depths.cpu() == d].sum() / scored[depths.cpu() == d].sum().clamp_min(1)), 6) for d in depths.unique()
-        },
     )
 
 

@@ -68,7 +68,7 @@ def evaluate(run: str, data: str | None = None, segments: int | None = None, spl
     cfg, model, device = load_trained(run)
     if split not in ("test", "val"):
         raise PonderInputError(f"--split: expected test or val, got {split!r}")
-    builder, info = get_builder(cfg.task.name), {}
+    info: dict[str, Any] = {}  # the dataset's task metadata (a Sudoku file has none)
     if data and not (Path(data) / MANIFEST).is_file():
         puzzles, solutions = sudoku.read_puzzles(data)
         examples, source = Split(torch.from_numpy(puzzles).long(), torch.from_numpy(solutions).long()), str(data)

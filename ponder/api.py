@@ -18,6 +18,7 @@ import torch
 
 from ponder.config import RunConfig, apply_values, build_config, load_yaml, parse_overrides, preset_names, preset_path
 from ponder.errors import PonderInputError
+from ponder.eval.breadth import evaluate_breadth
 from ponder.eval.evaluate import evaluate as evaluate_model
 from ponder.eval.evaluate import run_early_exit
 from ponder.models import build_model, count_params
@@ -56,7 +57,10 @@ def train(overrides: list[str] | None = None, preset: str | None = None, config:
     return train_loop(cfg, run_dir, progress=progress)
 
 
-def evaluate(run: str, data: str | None = None, segments: int | None = None, split: str = "test") -> dict[str, Any]:
+def evaluate(
+    run: str, data: str | None = None, segments: int | None = None, split: str = "test", exit_tol: float | None = None,
+    breadth: int = 1, init_noise: float = 0.5, langevin: float = 0.0, solver_iters: int | None = None,
+) -> dict[str, Any]:
     """Evaluate a trained run (its EMA weights) with every segment's answer recorded.
 
     Args:
@@ -64,10 +68,25 @@ def evaluate(run: str, data: str | None = None, segments: int | None = None, spl
         data: a dataset folder from 'ponder data build' (its --split), or a Sudoku CSV / puzzle-per-line file (default: the run's own data)
         segments: segments to run (default: the run's train.eval_segments)
         split: which split of the run's data or of a dataset folder: test or val
+        exit_tol: also report exiting each example once its relative state change over a segment is below this (any family)
+        breadth: K > 1 also runs K starting states per example and reports accuracy by segments x breadth (ponder.eval.breadth)
+        init_noise: with breadth: scale of the Gaussian noise added to the initial state of starts 2..K
+        langevin: with breadth: scale of the noise added to those starts' state after every segment
+        solver_iters: attractor runs: solver iterations per segment (0 removes the solver; default: the run's own)
     """
     cfg, model, device = load_trained(run)
     if split not in ("test", "val"):
         raise PonderInputError(f"--split: expected test or val, got {split!r}")
+    if exit_tol is not None and exit_tol <= 0:
+        raise PonderInputError(f"--exit-tol: expected a tolerance > 0, got {exit_tol}")
+    if breadth < 1 or init_noise < 0 or langevin < 0:
+        raise PonderInputError(f"--breadth >= 1, --init-noise >= 0 and --langevin >= 0 expected, got {breadth}, {init_noise}, {langevin}")
+    if solver_iters is not None:
+        if cfg.model.family != "attractor":
+            raise PonderInputError(f"--solver-iters: {run} is a '{cfg.model.family}' run; only attractor runs have a solver")
+        if solver_iters < 0:
+            raise PonderInputError(f"--solver-iters: expected >= 0, got {solver_iters}")
+        model.solver_iters = solver_iters
     info: dict[str, Any] = {}  # the dataset's task metadata (a Sudoku file has none)
     if data and not (Path(data) / MANIFEST).is_file():
         puzzles, solutions = sudoku.read_puzzles(data)
@@ -91,18 +110,30 @@ def evaluate(run: str, data: str | None = None, segments: int | None = None, spl
     result = evaluate_model(
         model, examples.inputs.to(device), examples.labels.to(device), n_segments, autocast=cfg.train.autocast,
         progress=sys.stderr.isatty(), ids=ids, depths=examples.extra.get("depth"), score=scorer(builder.score, examples, info),
+        exit_tol=exit_tol,
     )
-    return {"data": source, **result.to_dict()}
+    extra: dict[str, Any] = {}
+    if breadth > 1:
+        extra["breadth"] = evaluate_breadth(
+            model, examples.inputs.to(device), examples.labels.to(device), n_segments, breadth, init_noise, langevin,
+            autocast=cfg.train.autocast, ids=ids, seed=cfg.train.seed,
+        ).to_dict()
+    if cfg.model.family == "attractor":
+        extra["solver_iters"] = model.solver_iters
+    return {"data": source, **result.to_dict(), **extra}
 
 
-def solve(run: str, puzzle: str, segments: int | None = None) -> dict[str, Any]:
+def solve(run: str, puzzle: str, segments: int | None = None, exit_tol: float = 0.0) -> dict[str, Any]:
     """Solve one Sudoku (81 characters, '.' or '0' for a blank) with a trained run.
 
     Args:
         run: the run folder
         puzzle: 81 characters, row by row
         segments: most segments to think for (default: the run's train.eval_segments)
+        exit_tol: also stop once the relative state change over a segment is below this (0: off)
     """
+    if exit_tol < 0:
+        raise PonderInputError(f"--exit-tol: expected >= 0, got {exit_tol}")
     grid = sudoku.parse_puzzle(puzzle, where="puzzle")
     cfg, model, device = load_trained(run)
     if (model.vocab, model.seq_len) != (sudoku.VOCAB, sudoku.SIZE):
@@ -111,7 +142,7 @@ def solve(run: str, puzzle: str, segments: int | None = None) -> dict[str, Any]:
     tokens = torch.from_numpy(grid).long()[None].to(device)  # (1, 81)
     halting = cfg.model.halting != "none"
     ids = torch.zeros(1, dtype=torch.long, device=device) if cfg.model.puzzle_embedding else None
-    preds, used = run_early_exit(model, tokens, n_segments, autocast=cfg.train.autocast, halting=halting, ids=ids)
+    preds, used = run_early_exit(model, tokens, n_segments, autocast=cfg.train.autocast, halting=halting, ids=ids, exit_tol=exit_tol)
     answer, segments_used = preds[0].numpy(), int(used[0])
     valid = sudoku.is_solution(answer) and bool(((grid == 0) | (grid == answer)).all())
     return {

@@ -67,8 +67,8 @@ def add_verb(sub: argparse._SubParsersAction, name: str, fn: Callable, full_name
         elif typ is bool:
             parser.add_argument(f"--{pname}", action="store_true", help=text)
         else:
-            flags = [f"-{pname}"] if len(pname) == 1 else [f"--{pname}"]
-            parser.add_argument(*flags, type=typ, default=param.default, metavar=pname.upper(), help=text)
+            flags = [f"-{pname}"] if len(pname) == 1 else sorted({f"--{pname.replace('_', '-')}", f"--{pname}"})  # --exit-tol or --exit_tol
+            parser.add_argument(*flags, dest=pname, type=typ, default=param.default, metavar=pname.upper(), help=text)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.set_defaults(_fn=fn, _verb=full_name or name)
 
@@ -93,8 +93,24 @@ def show_train(result: dict[str, Any]) -> None:
     print(f"\ntest split: {result['n']} examples, {result['segments']} segments, {result['train_seconds']:.0f} s training, {result['total_seconds']:.0f} s total")
     print(f"  exact accuracy {result['exact_accuracy']:.4f}   cell accuracy {result['cell_accuracy']:.4f}")
     print(f"  with halting:  exact accuracy {result['halting_accuracy']:.4f} using {result['mean_segments']:.2f} segments on average")
+    if "converged_accuracy" in result:
+        print(f"  exit on convergence: exact accuracy {result['converged_accuracy']:.4f} using {result['converged_segments']:.2f} segments on average")
+    if "solver_iters" in result:
+        print(f"  attractor solver: at most {result['solver_iters']} iterations per segment")
     show_curve(result["accuracy_by_segment"], result.get("accuracy_by_depth"))
     show_task_metrics(result.get("task_metrics"))
+    if "breadth" in result:
+        show_breadth(result["breadth"])
+
+
+def show_breadth(b: dict[str, Any]) -> None:
+    """Exact accuracy by segments (rows) x breadth (columns), one table per rule."""
+    print(f"  breadth: {b['starts']} starts (init noise {b['init_noise']}, langevin {b['langevin']}); exact accuracy, segments x starts")
+    for rule, table in b["accuracy"].items():
+        print(f"  {rule}:")
+        print("    segments " + "".join(f"{'k=' + str(k):>9}" for k in b["breadths"]))
+        for s, row in enumerate(table, start=1):
+            print(f"    {s:>8} " + "".join(f"{a:>9.4f}" for a in row))
 
 
 def show_curve(curve: list[float], by_depth: dict[str, list[float]] | None = None) -> None:
@@ -123,8 +139,24 @@ def show_eval(result: dict[str, Any]) -> None:
     print(f"{result['data']}: {result['n']} examples, {result['segments']} segments")
     print(f"  exact accuracy {result['exact_accuracy']:.4f}   cell accuracy {result['cell_accuracy']:.4f}")
     print(f"  with halting:  exact accuracy {result['halting_accuracy']:.4f} using {result['mean_segments']:.2f} segments on average")
+    if "converged_accuracy" in result:
+        print(f"  exit on convergence: exact accuracy {result['converged_accuracy']:.4f} using {result['converged_segments']:.2f} segments on average")
+    if "solver_iters" in result:
+        print(f"  attractor solver: at most {result['solver_iters']} iterations per segment")
     show_curve(result["accuracy_by_segment"], result.get("accuracy_by_depth"))
     show_task_metrics(result.get("task_metrics"))
+    if "breadth" in result:
+        show_breadth(result["breadth"])
+
+
+def show_breadth(b: dict[str, Any]) -> None:
+    """Exact accuracy by segments (rows) x breadth (columns), one table per rule."""
+    print(f"  breadth: {b['starts']} starts (init noise {b['init_noise']}, langevin {b['langevin']}); exact accuracy, segments x starts")
+    for rule, table in b["accuracy"].items():
+        print(f"  {rule}:")
+        print("    segments " + "".join(f"{'k=' + str(k):>9}" for k in b["breadths"]))
+        for s, row in enumerate(table, start=1):
+            print(f"    {s:>8} " + "".join(f"{a:>9.4f}" for a in row))
 
 
 def show_solve(result: dict[str, Any]) -> None:

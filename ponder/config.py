@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 from ponder.errors import PonderInputError
+from ponder.solvers.fixed_point import METHODS
+from ponder.solvers.implicit import BACKWARDS
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "trm-sudoku-cpu"
@@ -28,7 +30,7 @@ TASK_NAMES = (
 
 @dataclass
 class ModelConfig:
-    family: str = "trm"  # trm, hrm, looped (Universal Transformer), depthrec (depth-recurrent) or transformer (baseline)
+    family: str = "trm"  # trm, hrm, looped (Universal Transformer), depthrec (depth-recurrent), attractor or transformer (baseline)
     hidden: int = 128  # D
     heads: int = 4
     layers: int = 2  # blocks per network (HRM: per module)
@@ -48,6 +50,11 @@ class ModelConfig:
     pondernet_prior: float = 0.2  # looped: rate of PonderNet's geometric prior over steps
     score_dt: float = 0.0  # looped: SCORE's contractive step h = (1 - dt) h + dt F(h); 0 = plain h = F(h)
     iteration_sigma: float = 0.5  # depthrec: spread of the Poisson-lognormal iteration count in training (0: fixed)
+    solver: str = "anderson"  # attractor: fixed-point method (iteration, anderson, broyden, bad_broyden)
+    solver_iters: int = 8  # attractor: most solver iterations per segment; 0 removes the solver
+    solver_tol: float = 1e-3  # attractor: stop an example's solve at this relative residual
+    solver_backward: str = "implicit"  # attractor: gradient through the equilibrium, implicit or phantom
+    jacobian_weight: float = 0.0  # attractor: weight of the Jacobian (contraction) regulariser
     puzzle_embedding: bool = False  # a learned vector per puzzle identifier (HRM/TRM on ARC), trained by sparse sign-SGD
 
 
@@ -115,7 +122,9 @@ class RunConfig:
 
 
 _CHOICES = {
-    ("model", "family"): ("trm", "hrm", "looped", "depthrec", "transformer"),
+    ("model", "family"): ("trm", "hrm", "looped", "depthrec", "attractor", "transformer"),
+    ("model", "solver"): METHODS,
+    ("model", "solver_backward"): BACKWARDS,
     ("model", "halting"): ("none", "bce", "act_q"),
     ("model", "loop_halting"): ("act", "pondernet", "none"),
     ("model", "grad_mode"): ("auto", "full", "last_cycle", "one_step", "truncated"),
@@ -211,6 +220,9 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("model.pondernet_prior", 0 < cfg.model.pondernet_prior < 1, "in (0, 1)"),
         ("model.mlp_multiple", cfg.model.mlp_multiple >= 1, ">= 1"),
         ("model.mlp_conv", cfg.model.mlp_conv >= 0, ">= 0"),
+        ("model.solver_iters", cfg.model.solver_iters >= 0, ">= 0"),
+        ("model.solver_tol", cfg.model.solver_tol > 0, "> 0"),
+        ("model.jacobian_weight", cfg.model.jacobian_weight >= 0, ">= 0"),
         ("task.blanks", 0 <= cfg.task.blanks <= 64, "0..64"),
         ("task.train_size", cfg.task.train_size >= 0, ">= 0"),
         ("task.val_size", cfg.task.val_size >= 0, ">= 0"),

@@ -42,6 +42,17 @@ def test_eval_json(tiny_run, capsys):
     assert result["n"] == 16 and len(result["accuracy_by_segment"]) == 2
 
 
+def test_eval_convergence_exit_and_breadth(tiny_run, capsys):
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 3, "--exit-tol", 1e-2, "--breadth", 3, "--json")
+    result = json.loads(out)
+    assert code == 0 and 1 <= result["converged_segments"] <= 3 and 0 <= result["converged_accuracy"] <= 1
+    b = result["breadth"]
+    assert b["breadths"] == [1, 2, 3] and set(b["accuracy"]) == {"residual", "vote", "oracle"}
+    assert [row[0] for row in b["accuracy"]["vote"]] == result["accuracy_by_segment"]  # breadth 1 = the plain run
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 2, "--exit_tol", 1e-2, "--breadth", 2)
+    assert code == 0 and "exit on convergence" in out and "residual:" in out and "k=2" in out
+
+
 def test_eval_on_a_file(tiny_run, capsys, tmp_path):
     puzzles, solutions = sudoku.generate(3, 30, seed=9)
     f = tmp_path / "p.csv"
@@ -100,6 +111,10 @@ def bad_cases(tiny_run, tmp_path):
         (["solve", tiny_run, "a" * 81], "unexpected character 'a'"),
         (["eval", tiny_run, "--data", wrong], "wrong.csv:2: the answer is not a complete valid"),
         (["eval", tiny_run, "--data", tmp_path / "none.csv"], "no such file"),
+        (["eval", tiny_run, "--solver-iters", 0], "only attractor runs have a solver"),
+        (["eval", tiny_run, "--exit-tol", 0], "--exit-tol: expected a tolerance > 0"),
+        (["eval", tiny_run, "--breadth", 0], "--breadth >= 1"),
+        (["solve", tiny_run, "." * 81, "--exit-tol", -1], "--exit-tol: expected >= 0"),
         (["eval", tmp_path / "missing"], "no such run folder"),
         (["eval", no_config], "not a run folder"),
         (["eval", corrupt_copy(tiny_run, tmp_path)], "corrupt checkpoint"),

@@ -129,7 +129,31 @@ def test_early_exit_row_equals_running_it_alone():
         alone, alone_used = run_early_exit(model, tokens[i : i + 1], max_segments=5)
         assert torch.equal(alone[0], preds[i]) and alone_used[0] == used[i]
     # The per-segment record gives the same halting answers as the real early exit.
-    record, halts = run_segments(model, tokens, 5)
+    record, halts, _ = run_segments(model, tokens, 5)
     stop = first_halt(halts)
     assert torch.equal(stop + 1, used)
     assert torch.equal(record[torch.arange(12), stop], preds)
+
+
+def test_convergence_exit_row_equals_running_it_alone():
+    """Exit on state change below a tolerance: rows leave at different segments, each
+    with the answer it gets alone, and the per-segment record agrees."""
+    from ponder.eval.evaluate import first_true, run_early_exit, run_segments, state_change
+
+    model = tiny(TRM).eval()
+    tokens = torch.randint(0, 10, (12, 9))
+    _, _, changes = run_segments(model, tokens, 6)
+    assert changes.shape == (12, 6) and (changes >= 0).all()
+    tol = float(changes[:, 1:].median())  # some rows settle earlier than others
+    preds, used = run_early_exit(model, tokens, max_segments=6, halting=False, exit_tol=tol)
+    assert len(set(used.tolist())) > 1
+    for i in range(12):
+        alone, alone_used = run_early_exit(model, tokens[i : i + 1], max_segments=6, halting=False, exit_tol=tol)
+        assert torch.equal(alone[0], preds[i]) and alone_used[0] == used[i]
+    record, _, _ = run_segments(model, tokens, 6)
+    stop = first_true(changes < tol)
+    assert torch.equal(stop + 1, used)
+    assert torch.equal(record[torch.arange(12), stop], preds)
+    # the measure itself: a direct relative norm for a one-latent state
+    old, new = (torch.ones(2, 3, 4),), (torch.ones(2, 3, 4) * torch.tensor([1.0, 2.0])[:, None, None],)
+    assert torch.allclose(state_change(old, new), torch.tensor([0.0, 0.5]))

@@ -4,6 +4,10 @@ Each example runs `segments` deep-supervision segments. From the per-segment rec
 we read both the accuracy-vs-thinking-steps curve (every example runs every segment)
 and the result of halting (each example's answer at the first segment whose halting
 logit is positive, or the last one), so the two are always consistent.
+
+Any family can also stop on convergence instead of on its halting head: an example
+exits after the first segment whose relative state change (`state_change`) falls
+below a tolerance. It needs no trained halting head, only a recurrence that settles.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ class EvalResult:
     accuracy_by_segment: list[float]  # exact accuracy after segment 1..segments
     halting_accuracy: float  # exact accuracy at each example's halting segment
     mean_segments: float  # mean halting segment (1-based)
+    converged_accuracy: float | None = None  # exact accuracy when each example exits once its state change < exit_tol
+    converged_segments: float | None = None  # mean exit segment (1-based) under that rule
     accuracy_by_depth: dict[str, list[float]] | None = None  # depth -> exact accuracy after segment 1..segments (tasks with a depth dial)
     cell_accuracy_by_depth: dict[str, float] | None = None  # depth -> scored positions right after the last segment
     task_metrics: dict | None = None  # the task's own scoring of the last segment's answers (e.g. ARC pass@k, valid maze paths)
@@ -34,14 +40,26 @@ class EvalResult:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+def state_change(old, new) -> torch.Tensor:
+    """Relative change of each example's state over one segment: the largest, over the
+    latents, of ||new - old|| / ||new||. Tuples of (B, ...) tensors -> (B,) float."""
+    changes = [
+        (n.float() - o.float()).flatten(1).norm(dim=1) / n.float().flatten(1).norm(dim=1).clamp_min(1e-12)
+        for o, n in zip(old, new)
+    ]
+    return torch.stack(changes).amax(dim=0)
+
+
 @torch.no_grad()
 def run_segments(model, inputs: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none", progress: bool = False, ids: torch.Tensor | None = None):
-    """Predictions and halting logits after each segment. `ids`: (N,) puzzle
-    identifiers for a model with a puzzle embedding.
+    """Predictions, halting logits and state changes after each segment. `ids`: (N,)
+    puzzle identifiers for a model with a puzzle embedding.
 
-    Returns preds (N, S, L) int64 and halt_logits (N, S) float, on the CPU."""
+    Returns preds (N, S, L) int64, halt_logits (N, S) float and changes (N, S) float
+    (`state_change` over each segment; the first is measured from the initial state),
+    on the CPU."""
     device = next(model.parameters()).device
-    preds, halts = [], []
+    preds, halts, changes = [], [], []
     starts = range(0, inputs.shape[0], batch_size)
     if progress:
         from tqdm import tqdm
@@ -50,24 +68,31 @@ def run_segments(model, inputs: torch.Tensor, segments: int, batch_size: int = 2
     for start in starts:
         tokens = inputs[start : start + batch_size].to(device)
         puzzle_ids = None if ids is None else ids[start : start + batch_size].to(device)
-        state, seg_preds, seg_halts = None, [], []
+        state = model.init_state(*tokens.shape)
+        seg_preds, seg_halts, seg_changes = [], [], []
         for _ in range(segments):
             with autocast_context(device, autocast):
                 out = model(tokens, state, puzzle_ids)
+            seg_changes.append(state_change(state, out.state).cpu())
             state = out.state
             seg_preds.append(out.logits.argmax(-1).cpu())
             seg_halts.append(out.halt_logits.float().cpu())
         preds.append(torch.stack(seg_preds, dim=1))
         halts.append(torch.stack(seg_halts, dim=1))
-    return torch.cat(preds), torch.cat(halts)
+        changes.append(torch.stack(seg_changes, dim=1))
+    return torch.cat(preds), torch.cat(halts), torch.cat(changes)
 
 
 @torch.no_grad()
-def run_early_exit(model, inputs: torch.Tensor, max_segments: int, batch_size: int = 256, autocast: str = "none", halting: bool = True, ids: torch.Tensor | None = None):
+def run_early_exit(
+    model, inputs: torch.Tensor, max_segments: int, batch_size: int = 256, autocast: str = "none", halting: bool = True,
+    ids: torch.Tensor | None = None, exit_tol: float = 0.0,
+):
     """Real per-example early exit: after each segment, rows whose halting logit is
-    positive keep their answer and leave the batch, so later segments cost only the
-    rows still thinking. A halted row's answer is the one it gets when run alone.
-    `halting=False` runs every row for `max_segments`.
+    positive (with `halting`), or whose `state_change` over the segment is below
+    `exit_tol` (> 0), keep their answer and leave the batch, so later segments cost only
+    the rows still thinking. A halted row's answer is the one it gets when run alone.
+    `halting=False, exit_tol=0` runs every row for `max_segments`.
 
     Returns preds (N, L) int64 and segments used (N,) int64, on the CPU."""
     device = next(model.parameters()).device
@@ -77,11 +102,12 @@ def run_early_exit(model, inputs: torch.Tensor, max_segments: int, batch_size: i
         tokens = inputs[start : start + batch_size].to(device)
         rows = torch.arange(start, start + tokens.shape[0])  # dataset rows still thinking
         puzzle_ids = None if ids is None else ids[rows].to(device)
-        state = None
+        state = model.init_state(*tokens.shape)
         for seg in range(max_segments):
             with autocast_context(device, autocast):
                 out = model(tokens, state, puzzle_ids)
-            done = ((out.halt_logits > 0).cpu() & halting) | (seg + 1 == max_segments)
+            settled = state_change(state, out.state).cpu() < exit_tol
+            done = ((out.halt_logits > 0).cpu() & halting) | settled | (seg + 1 == max_segments)
             preds[rows[done]] = out.logits.argmax(-1).cpu()[done]
             used[rows[done]] = seg + 1
             keep = ~done
@@ -96,23 +122,27 @@ def run_early_exit(model, inputs: torch.Tensor, max_segments: int, batch_size: i
 def first_halt(halt_logits: torch.Tensor) -> torch.Tensor:
     """(N, S) halting logits -> (N,) index of the first segment with a positive logit,
     or the last segment when none is positive."""
-    S = halt_logits.shape[1]
-    positive = halt_logits > 0
-    idx = torch.where(positive.any(dim=1), positive.float().argmax(dim=1), torch.full_like(positive[:, 0], S - 1, dtype=torch.long))
-    return idx.long()
+    return first_true(halt_logits > 0)
+
+
+def first_true(stop: torch.Tensor) -> torch.Tensor:
+    """(N, S) bool -> (N,) index of each row's first True, or S - 1 when it has none."""
+    last = torch.full_like(stop[:, 0], stop.shape[1] - 1, dtype=torch.long)
+    return torch.where(stop.any(dim=1), stop.float().argmax(dim=1).long(), last)
 
 
 def evaluate(
     model, inputs: torch.Tensor, labels: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none",
     progress: bool = False, ids: torch.Tensor | None = None, depths: torch.Tensor | None = None,
-    score: Callable[[torch.Tensor, torch.Tensor], dict] | None = None,
+    score: Callable[[torch.Tensor, torch.Tensor], dict] | None = None, exit_tol: float | None = None,
 ) -> EvalResult:
     """Accuracy of (N, L) labels' scored positions (not IGNORE) after each segment;
     with (N,) `depths`, also per depth; `score(preds (N, L), halting probability (N,))`
-    adds the task's own metrics for the last segment's answers."""
+    adds the task's own metrics for the last segment's answers; `exit_tol` adds the
+    accuracy of exiting on convergence (state change below it)."""
     was_training = model.training
     model.eval()
-    preds, halts = run_segments(model, inputs, segments, batch_size, autocast, progress, ids)
+    preds, halts, changes = run_segments(model, inputs, segments, batch_size, autocast, progress, ids)
     model.train(was_training)
     labels = labels.cpu()[:, None, :]  # (N, 1, L)
     exact = answer_correct(preds, labels)  # (N, S)
@@ -120,6 +150,7 @@ def evaluate(
     right = (preds[:, -1] == labels[:, 0]) & scored  # (N, L)
     cells_right = right.sum()
     stop = first_halt(halts)  # (N,)
+    settled = None if exit_tol is None else first_true(changes < exit_tol)  # (N,)
     by_depth = {} if depths is None else {str(int(d)): depths.cpu() == d for d in depths.unique()}  # depth -> (N,) rows
     return EvalResult(
         n=int(inputs.shape[0]),
@@ -129,6 +160,8 @@ def evaluate(
         accuracy_by_segment=[round(float(a), 6) for a in exact.float().mean(dim=0)],
         halting_accuracy=float(exact.gather(1, stop[:, None]).float().mean()),
         mean_segments=float((stop + 1).float().mean()),
+        converged_accuracy=None if settled is None else float(exact.gather(1, settled[:, None]).float().mean()),
+        converged_segments=None if settled is None else float((settled + 1).float().mean()),
         accuracy_by_depth={d: [round(float(a), 6) for a in exact[rows].float().mean(dim=0)] for d, rows in by_depth.items()} or None,
         cell_accuracy_by_depth={d: round(float(right[rows].sum() / scored[rows].sum().clamp_min(1)), 6) for d, rows in by_depth.items()} or None,
         task_metrics=None if score is None else score(preds[:, -1], torch.sigmoid(halts[:, -1])),

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from ponder.config import ModelConfig
+from ponder.models.attractor import Attractor
 from ponder.models.base import RecurrentModel, SegmentOutput
 from ponder.models.depthrec import DepthRecurrent
 from ponder.models.hrm import HRM
@@ -21,6 +22,7 @@ REGISTRY: dict[str, tuple[type[RecurrentModel], str, tuple[str, ...]]] = {
     "hrm": (HRM, "one_step", ("latent_steps", "cycles")),
     "looped": (LoopedTransformer, "full", ("cycles", "loop_halting", "ponder_cost", "pondernet_prior", "score_dt")),
     "depthrec": (DepthRecurrent, "truncated", ("cycles", "iteration_sigma")),
+    "attractor": (Attractor, "last_cycle", ("latent_steps", "cycles", "solver", "solver_iters", "solver_tol", "solver_backward", "jacobian_weight")),
     "transformer": (Transformer, "full", ()),
 }
 
@@ -61,4 +63,4 @@ def count_params(model: nn.Module, embeddings: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad and ((id(p) in table) == embeddings))
 
 
-__all__ = ["DepthRecurrent", "HRM", "REGISTRY", "TRM", "LoopedTransformer", "Transformer", "RecurrentModel", "SegmentOutput", "build_model", "count_params"]
+__all__ = ["Attractor", "DepthRecurrent", "HRM", "REGISTRY", "TRM", "LoopedTransformer", "Transformer", "RecurrentModel", "SegmentOutput", "build_model", "count_params"]

@@ -99,13 +99,18 @@ class RecurrentModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor, state: State | None = None, puzzle_ids: torch.Tensor | None = None) -> SegmentOutput:
         """tokens: (B, L) ints. Runs one segment from `state` (None: the initial state)."""
+        x, state = self.advance(tokens, state, puzzle_ids)
+        return self.heads(state)
+
+    def advance(self, tokens: torch.Tensor, state: State | None, puzzle_ids: torch.Tensor | None) -> tuple[torch.Tensor, State]:
+        """Embed (B, L) tokens and run the family's schedule once: (x (B, L, D), new state)."""
         B, L = tokens.shape
         x = self.embed(tokens, puzzle_ids)  # (B, L, D)
         if state is None:
             state = self.init_state(B, L)
         calls = self.schedule(x)
         state = run_schedule(calls, state, grad_steps(self.grad_mode, len(calls), self.calls_per_cycle, self.truncate_steps))
-        return self.heads(state)
+        return x, state
 
     def heads(self, state: State, aux_loss: torch.Tensor | None = None) -> SegmentOutput:
         """Answer and halting heads on the state after a segment."""

@@ -1,0 +1,134 @@
+"""Test-time breadth: think from K starting states per puzzle and pick one answer.
+
+Depth (segments) is one test-time axis; breadth is the other. Each puzzle runs from K
+initial states: start 0 is the model's own fixed initial state, starts 1..K-1 add
+Gaussian noise of scale `init_noise` to every latent, and with `langevin` > 0 the
+perturbed starts also get fresh noise of that scale added to the state after every
+segment (a Langevin-style walk that can leave a wrong attractor). One answer per
+puzzle is then selected among the first k starts by one of three rules:
+
+residual  the start whose state changed least over its last segment: the one closest
+          to a fixed point of the recurrence (no labels, no extra network calls)
+vote      the most frequent whole answer; ties go to the lowest residual
+oracle    right if any of the k starts is right: an upper bound, not a usable rule
+
+Because start 0 is the plain run, breadth 1 reproduces ordinary evaluation exactly.
+Everything is recorded once for the largest K and every segment, so the whole
+accuracy-vs-depth-x-breadth table costs one run of N x K examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ponder.eval.evaluate import autocast_context, state_change
+from ponder.train.losses import answer_correct
+
+RULES = ("residual", "vote", "oracle")
+
+
+@dataclass
+class BreadthResult:
+    n: int
+    segments: int
+    starts: int  # K
+    init_noise: float
+    langevin: float
+    breadths: list[int]  # the k reported: 1, 2, 4, ..., K
+    accuracy: dict[str, list[list[float]]]  # rule -> [segment 1..S][breadth index] exact accuracy
+    calls_per_segment: int  # network calls of one start in one segment: cost = segment x k x this
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def breadths_up_to(starts: int) -> list[int]:
+    """1, 2, 4, ... up to and including `starts`."""
+    ks = [1]
+    while ks[-1] * 2 < starts:
+        ks.append(ks[-1] * 2)
+    return ks + [starts] if starts > 1 else ks
+
+
+@torch.no_grad()
+def run_starts(
+    model, inputs: torch.Tensor, segments: int, starts: int, init_noise: float, langevin: float = 0.0,
+    batch_size: int = 256, autocast: str = "none", ids: torch.Tensor | None = None, seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run every (N, L) puzzle from `starts` initial states for `segments` segments.
+
+    Returns preds (N, K, S, L) int64 and residuals (N, K, S) float (the `state_change`
+    over each segment, before any Langevin noise), on the CPU. Noise is drawn on the CPU
+    from a generator seeded with `seed`, so results do not depend on the device."""
+    if starts < 1:
+        raise ValueError(f"starts must be >= 1, got {starts}")
+    if init_noise < 0 or langevin < 0:
+        raise ValueError(f"init_noise and langevin must be >= 0, got {init_noise} and {langevin}")
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    per_chunk = max(1, batch_size // starts)  # puzzles per forward pass: per_chunk x K rows
+    preds, residuals = [], []
+    for begin in range(0, inputs.shape[0], per_chunk):
+        tokens = inputs[begin : begin + per_chunk].to(device).repeat_interleave(starts, dim=0)  # (b K, L)
+        puzzle_ids = None if ids is None else ids[begin : begin + per_chunk].to(device).repeat_interleave(starts)
+        perturbed = (torch.arange(tokens.shape[0]) % starts != 0).float()  # (b K,) start 0 stays plain
+
+        def noise(like: torch.Tensor, scale: float) -> torch.Tensor:
+            eps = torch.randn(like.shape, generator=gen) * perturbed.view(-1, *[1] * (like.dim() - 1))
+            return (scale * eps).to(device=like.device, dtype=like.dtype)
+
+        state = tuple(s + noise(s, init_noise) for s in model.init_state(*tokens.shape))
+        seg_preds, seg_res = [], []
+        for _ in range(segments):
+            with autocast_context(device, autocast):
+                out = model(tokens, state, puzzle_ids)
+            seg_res.append(state_change(state, out.state).cpu())
+            seg_preds.append(out.logits.argmax(-1).cpu())
+            state = out.state if langevin == 0 else tuple(s + noise(s, langevin) for s in out.state)
+        b = tokens.shape[0] // starts
+        preds.append(torch.stack(seg_preds, dim=1).view(b, starts, segments, -1))
+        residuals.append(torch.stack(seg_res, dim=1).view(b, starts, segments))
+    return torch.cat(preds), torch.cat(residuals)
+
+
+def select(preds: torch.Tensor, residuals: torch.Tensor, rule: str) -> torch.Tensor:
+    """Pick one start per puzzle: preds (N, k, L), residuals (N, k) -> (N,) start index."""
+    if rule == "residual":
+        return residuals.argmin(dim=1)
+    if rule == "vote":
+        same = (preds[:, :, None, :] == preds[:, None, :, :]).all(dim=-1)  # (N, k, k)
+        votes = same.sum(dim=2).float()  # (N, k) how many starts gave this start's answer
+        rank = residuals.argsort(dim=1).argsort(dim=1).float()  # (N, k) 0 = lowest residual
+        return (votes - rank / (rank.shape[1] + 1)).argmax(dim=1)
+    raise ValueError(f"selection rule: expected residual or vote, got {rule!r}")
+
+
+def evaluate_breadth(
+    model, inputs: torch.Tensor, labels: torch.Tensor, segments: int, starts: int, init_noise: float = 0.5,
+    langevin: float = 0.0, batch_size: int = 256, autocast: str = "none", ids: torch.Tensor | None = None, seed: int = 0,
+) -> BreadthResult:
+    """Exact accuracy of (N, L) `labels` for every segment 1..S, breadth k in
+    `breadths_up_to(starts)` and selection rule in RULES."""
+    was_training = model.training
+    model.eval()
+    preds, residuals = run_starts(model, inputs, segments, starts, init_noise, langevin, batch_size, autocast, ids, seed)
+    model.train(was_training)
+    correct = answer_correct(preds, labels.cpu()[:, None, None, :])  # (N, K, S)
+    ks = breadths_up_to(starts)
+    rows = torch.arange(preds.shape[0])
+    accuracy: dict[str, list[list[float]]] = {rule: [] for rule in RULES}
+    for s in range(segments):
+        for rule in RULES:
+            accuracy[rule].append([])
+        for k in ks:
+            right = correct[:, :k, s]  # (N, k)
+            accuracy["oracle"][s].append(round(float(right.any(dim=1).float().mean()), 6))
+            for rule in ("residual", "vote"):
+                pick = select(preds[:, :k, s], residuals[:, :k, s], rule)  # (N,)
+                accuracy[rule][s].append(round(float(right[rows, pick].float().mean()), 6))
+    return BreadthResult(
+        n=int(inputs.shape[0]), segments=segments, starts=starts, init_noise=init_noise, langevin=langevin,
+        breadths=ks, accuracy=accuracy, calls_per_segment=model.calls_per_segment,
+    )

@@ -1,0 +1,76 @@
+"""Attractor model ("Solve the Loop: Attractor Models for Language and Reasoning").
+
+A TRM backbone proposes the answer state; a second small network, the attractor,
+refines it by solving for a fixed point instead of running a fixed number of steps:
+
+    y0, z = TRM cycles on (y, z)                     # the proposal (TRM's gradient: last cycle)
+    y*    = solve  u = attractor(u + y0 + x)  from u = y0
+    logits = head(y*);  the state carried to the next segment is (y*, z)
+
+The solve runs without autograd (`ponder.solvers.solve`: Anderson by default) and stops
+per example once the relative residual falls below `solver_tol`, so the number of
+iterations is chosen by convergence. Gradients reach the attractor, y0 and x through
+one differentiable attractor call at y* by implicit differentiation (an adjoint
+fixed-point solve) or a phantom gradient (`ponder.solvers.fixed_point`), so training
+memory does not grow with the number of solver iterations.
+
+`solver_iters = 0` removes the solver: the heads read the proposal y0 directly. The
+paper's "equilibrium internalisation" is the finding that accuracy barely drops then,
+because training pulls the proposal close to the equilibrium.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ponder.models.base import SegmentOutput, State
+from ponder.models.trm import TRM
+from ponder.solvers import BACKWARDS, METHODS, SolverTrace, fixed_point
+
+
+class Attractor(TRM):
+    def __init__(
+        self,
+        vocab: int,
+        seq_len: int,
+        latent_steps: int = 2,
+        cycles: int = 2,
+        solver: str = "anderson",
+        solver_iters: int = 8,
+        solver_tol: float = 1e-3,
+        solver_backward: str = "implicit",
+        jacobian_weight: float = 0.0,
+        grad_mode: str = "last_cycle",
+        **arch,
+    ):
+        if solver not in METHODS:
+            raise ValueError(f"solver: expected one of {', '.join(METHODS)}, got {solver!r}")
+        if solver_backward not in BACKWARDS:
+            raise ValueError(f"solver_backward: expected one of {', '.join(BACKWARDS)}, got {solver_backward!r}")
+        if solver_iters < 0:
+            raise ValueError(f"solver_iters must be >= 0, got {solver_iters}")
+        super().__init__(vocab, seq_len, latent_steps=latent_steps, cycles=cycles, grad_mode=grad_mode, **arch)
+        self.solver, self.solver_iters, self.solver_tol = solver, solver_iters, solver_tol
+        self.solver_backward, self.jacobian_weight = solver_backward, jacobian_weight
+        self.attractor = self.make_stack()
+        self.calls_per_segment += solver_iters  # at most: the solve stops early on convergence
+        self.last_trace: SolverTrace | None = None  # the latest segment's solve, for diagnostics
+
+    def forward(self, tokens: torch.Tensor, state: State | None = None, puzzle_ids: torch.Tensor | None = None) -> SegmentOutput:
+        x, (y0, z) = self.advance(tokens, state, puzzle_ids)  # x, y0, z: (B, L, D)
+        if self.solver_iters == 0:
+            self.last_trace = None
+            return self.heads((y0, z))
+
+        def attract(u: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
+            return self.attractor(u + y0 + x)
+
+        eq = fixed_point(
+            attract, y0,
+            backward=self.solver_backward,
+            solver_kwargs=dict(method=self.solver, max_iter=self.solver_iters, tol=self.solver_tol),
+            jacobian_weight=self.jacobian_weight,
+        )
+        self.last_trace = eq.trace
+        penalty = None if eq.jacobian_penalty is None else eq.jacobian_penalty.expand(tokens.shape[0])  # (B,)
+        return self.heads((eq.z, z), aux_loss=penalty)

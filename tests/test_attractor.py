@@ -1,0 +1,124 @@
+"""Attractor family: the refinement is a real fixed point, gradients through it match a
+long unrolled reference, removing the solver reads the proposal, and it trains end to end."""
+
+import pytest
+import torch
+
+from conftest import TINY
+from ponder import api
+from ponder.models import TRM, Attractor
+from ponder.models.base import State
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    args = dict(vocab=10, seq_len=9, hidden=16, heads=2, layers=1, latent_steps=1, cycles=1, solver_iters=60, solver_tol=1e-7)
+    args.update(kw)
+    model = Attractor(**args).double()
+    with torch.no_grad():  # a contractive attractor, so the fixed point exists and is unique
+        for p in model.attractor.parameters():
+            p.mul_(0.3)
+    return model
+
+
+def proposal(model: Attractor, tokens: torch.Tensor, state: State | None = None):
+    """The TRM backbone written out: (x, y0, z) with gradients everywhere."""
+    x = model.embed(tokens)
+    y, z = model.init_state(*tokens.shape) if state is None else state
+    for _ in range(model.cycles):
+        for _ in range(model.latent_steps):
+            z = model.net(z + y + x)
+        y = model.net(y + z)
+    return x, y, z
+
+
+def test_refined_state_is_a_fixed_point_of_the_attractor():
+    model = tiny().eval()
+    tokens = torch.randint(0, 10, (3, 9))
+    with torch.no_grad():
+        out = model(tokens)
+        x, y0, _ = proposal(model, tokens)
+        y = out.state[0]
+        assert torch.allclose(model.attractor(y + y0 + x), y, atol=1e-5)
+        assert not torch.allclose(y, y0, atol=1e-3)  # the solve moved the answer state
+    assert bool(model.last_trace.converged.all())
+
+
+@pytest.mark.parametrize("backward", ["implicit", "phantom"])
+def test_gradient_matches_unrolled_reference(backward):
+    """Implicit: exact, vs autograd through 200 unrolled attractor steps. Phantom with
+    one step: exactly autograd through one step from the detached equilibrium."""
+    model = tiny(solver_backward=backward)
+    tokens = torch.randint(0, 10, (3, 9))
+    target = torch.randint(0, 10, (3, 9))
+
+    def loss_of(logits):
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, 10), target.reshape(-1))
+
+    loss_of(model(tokens).logits).backward()
+    fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    x, y0, _ = proposal(model, tokens)
+    if backward == "implicit":
+        u = y0
+        for _ in range(200):
+            u = model.attractor(u + y0 + x)
+    else:
+        with torch.no_grad():
+            u = y0
+            for _ in range(200):
+                u = model.attractor(u + y0 + x)
+        u = model.attractor(u + y0 + x)
+    loss_of(model.head(u)).backward()
+    slow = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert set(fast) == set(slow) and any(n.startswith("attractor.") for n in fast) and any(n.startswith("net.") for n in fast)
+    for name in slow:
+        err = (fast[name] - slow[name]).norm() / slow[name].norm().clamp_min(1e-30)
+        assert err < 1e-6, (name, float(err))
+
+
+def test_zero_iterations_reads_the_proposal():
+    model = tiny().eval()
+    tokens = torch.randint(0, 10, (2, 9))
+    model.solver_iters = 0
+    with torch.no_grad():
+        out = model(tokens)
+        _, y0, z = proposal(model, tokens)
+    assert torch.allclose(out.state[0], y0) and torch.allclose(out.state[1], z)
+    assert torch.allclose(out.logits, model.head(y0))
+    assert model.last_trace is None
+
+
+def test_backbone_is_trm():
+    """Same seed, same backbone weights: the proposal is exactly TRM's answer state."""
+    torch.manual_seed(0)
+    trm = TRM(vocab=10, seq_len=9, hidden=16, heads=2, layers=1, latent_steps=1, cycles=1).double()
+    model = tiny()
+    trm.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("attractor.")})
+    tokens = torch.randint(0, 10, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(trm(tokens).state[0], proposal(model, tokens)[1])
+
+
+def test_jacobian_penalty_is_an_aux_loss():
+    model = tiny(jacobian_weight=0.1)
+    out = model(torch.randint(0, 10, (3, 9)))
+    assert out.aux_loss.shape == (3,) and float(out.aux_loss[0].detach()) > 0 and out.aux_loss.requires_grad
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="solver: expected one of"):
+        tiny(solver="newton")
+    with pytest.raises(ValueError, match="solver_backward"):
+        tiny(solver_backward="unrolled")
+    with pytest.raises(ValueError, match="solver_iters"):
+        tiny(solver_iters=-1)
+
+
+def test_trains_and_evaluates_with_and_without_solver(tmp_path):
+    out = tmp_path / "attractor"
+    api.train(TINY + ["model.family=attractor", "model.solver_iters=3"], out=str(out), progress=False)
+    with_solver = api.evaluate(str(out), segments=2)
+    without = api.evaluate(str(out), segments=2, solver_iters=0)
+    assert with_solver["solver_iters"] == 3 and without["solver_iters"] == 0
+    assert len(without["accuracy_by_segment"]) == 2

@@ -1,0 +1,58 @@
+"""Test-time breadth: start 0 is the plain run, noise makes the other starts differ,
+and the selection rules pick what they say they pick."""
+
+import torch
+
+from ponder.eval.breadth import breadths_up_to, evaluate_breadth, run_starts, select
+from ponder.eval.evaluate import evaluate, run_segments
+from ponder.models import TRM
+
+
+def tiny():
+    torch.manual_seed(0)
+    return TRM(vocab=10, seq_len=9, hidden=16, heads=2, layers=1, latent_steps=1, cycles=2).eval()
+
+
+def test_breadths():
+    assert breadths_up_to(1) == [1]
+    assert breadths_up_to(8) == [1, 2, 4, 8]
+    assert breadths_up_to(6) == [1, 2, 4, 6]
+
+
+def test_start_zero_is_the_plain_run_and_noise_moves_the_others():
+    model = tiny()
+    tokens = torch.randint(0, 10, (5, 9))
+    preds, residuals = run_starts(model, tokens, segments=3, starts=4, init_noise=2.0, langevin=0.5, batch_size=8)
+    assert preds.shape == (5, 4, 3, 9) and residuals.shape == (5, 4, 3)
+    plain, _, changes = run_segments(model, tokens, 3)
+    assert torch.equal(preds[:, 0], plain) and torch.allclose(residuals[:, 0], changes)
+    assert not torch.equal(preds[:, 1:], preds[:, :1].expand(-1, 3, -1, -1))
+    again, _ = run_starts(model, tokens, segments=3, starts=4, init_noise=2.0, langevin=0.5, batch_size=8)
+    assert torch.equal(again, preds)  # seeded
+
+
+def test_selection_rules():
+    a, b, c = torch.zeros(3), torch.ones(3), torch.full((3,), 2)
+    preds = torch.stack([
+        torch.stack([a, b, b, c]),  # b twice: vote picks start 1 or 2, the lower residual (2)
+        torch.stack([a, b, c, a]),  # a twice: starts 0 and 3, the lower residual (0)
+    ]).long()  # (2, 4, 3)
+    residuals = torch.tensor([[0.1, 0.5, 0.3, 0.01], [0.2, 0.05, 0.3, 0.4]])
+    assert select(preds, residuals, "vote").tolist() == [2, 0]
+    assert select(preds, residuals, "residual").tolist() == [3, 1]
+
+
+def test_breadth_table_against_direct_counts():
+    model = tiny()
+    tokens = torch.randint(0, 10, (6, 9))
+    preds, residuals = run_starts(model, tokens, segments=2, starts=3, init_noise=2.0)
+    labels = preds[:, 2, 1].clone()  # start 2's final answers are "right"
+    labels[3:] = preds[3:, 0, 1]  # ... except for the last 3 puzzles, where start 0's are
+    result = evaluate_breadth(model, tokens, labels, segments=2, starts=3, init_noise=2.0)
+    plain = evaluate(model, tokens, labels, segments=2)
+    assert [row[0] for row in result.accuracy["residual"]] == plain.accuracy_by_segment
+    right = (preds == labels[:, None, None]).all(-1)  # (N, K, S)
+    assert result.accuracy["oracle"][1] == [round(float(right[:, :k, 1].any(1).float().mean()), 6) for k in (1, 2, 3)]
+    assert result.accuracy["oracle"][1][-1] == 1.0
+    pick = residuals[:, :, 1].argmin(1)
+    assert result.accuracy["residual"][1][-1] == round(float(right[torch.arange(6), pick, 1].float().mean()), 6)

@@ -9,8 +9,8 @@ solver   an attractor run's test accuracy with the solver's iteration limit set 
          backbone's proposal).
 exit     each run's test accuracy and mean segments when every example exits once its
          relative state change over a segment falls below each tolerance, beside its
-         halting head and the full segment budget. All tolerances are reported; none is
-         selected.
+         halting head and the full segment budget (one per-segment record per run, read
+         under every rule). All tolerances are reported; none is selected.
 breadth  K starts per puzzle (`ponder.eval.breadth`). The initial-noise scale is chosen
          on the validation split (best mean vote accuracy over the whole segments x
          breadth table); only that scale is then run on the test split.
@@ -22,6 +22,8 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+import torch
 
 from ponder import api
 
@@ -47,16 +49,29 @@ def solver_sweep(run: str, iters: list[int]) -> tuple[list[dict], str]:
 
 
 def exit_sweep(runs: list[str], tols: list[float]) -> tuple[list[dict], str]:
+    """One per-segment record of each run's test split, read under every tolerance."""
+    from ponder.eval.evaluate import first_halt, first_true, run_segments
+    from ponder.tasks import Split, load_dataset_for
+    from ponder.train.losses import answer_correct
+
     rows = []
-    lines = ["| run | family | rule | exact | mean segments |", "|---|---|---|---|---|"]
+    lines = ["| run | family | exit rule | test exact | mean segments |", "|---|---|---|---|---|"]
     for run in runs:
-        family = json.loads((Path(run) / "config.json").read_text())["model"]["family"]
-        for tol in tols:
-            r = timed_eval(run, exit_tol=tol)
-            rows.append({"run": run, "family": family, "exit_tol": tol, **{k: r[k] for k in ("n", "segments", "exact_accuracy", "halting_accuracy", "mean_segments", "converged_accuracy", "converged_segments")}})
-            lines.append(f"| {run} | {family} | state change < {tol:g} | {r['converged_accuracy']:.1%} | {r['converged_segments']:.2f} |")
-        lines.append(f"| {run} | {family} | halting head | {r['halting_accuracy']:.1%} | {r['mean_segments']:.2f} |")
-        lines.append(f"| {run} | {family} | all {r['segments']} segments | {r['exact_accuracy']:.1%} | {r['segments']} |")
+        cfg, model, device = api.load_trained(run)
+        test = Split.from_arrays(load_dataset_for(cfg.task, splits=("test",)).splits["test"])
+        S = cfg.train.eval_segments
+        preds, halts, changes = run_segments(model, test.inputs.to(device), S, autocast=cfg.train.autocast)
+        exact = answer_correct(preds, test.labels[:, None, :])  # (N, S)
+
+        def at(stop):  # (N,) segment index -> (accuracy, mean segments)
+            return float(exact.gather(1, stop[:, None]).float().mean()), float((stop + 1).float().mean())
+
+        rules = [(f"state change < {tol:g}", first_true(changes < tol)) for tol in tols]
+        rules += [("halting head", first_halt(halts)), (f"all {S} segments", first_true(torch.zeros_like(exact)))]
+        for name, stop in rules:
+            accuracy, segments = at(stop)
+            rows.append({"run": run, "family": cfg.model.family, "rule": name, "n": len(test), "exact_accuracy": accuracy, "mean_segments": segments})
+            lines.append(f"| {run} | {cfg.model.family} | {name} | {accuracy:.1%} | {segments:.2f} |")
     return rows, "\n".join(lines)
 
 

@@ -155,6 +155,55 @@ def solve(run: str, puzzle: str, segments: int | None = None, exit_tol: float = 
     }
 
 
+def bench_solvers(
+    lengths: str = "1000,10000,100000", sizes: str = "4,16,64", methods: str = "quasi_deer,deer,elk", cells: str = "diag_gru,gru",
+    dtype: str = "float32", device: str = "cpu", batch: int = 1, repeats: int = 3, threads: int = 0, progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Time Newton-in-time solvers (DEER, quasi-DEER, ELK; parallel over T) against the sequential loop.
+
+    Args:
+        lengths: sequence lengths T, comma-separated
+        sizes: hidden sizes, comma-separated (D in the rows is the state size: 2 x hidden for LSTMs)
+        methods: comma-separated, from deer, quasi_deer, elk, quasi_elk
+        cells: comma-separated, from gru, lstm, diag_gru, diag_lstm (diag_*: ParaRNN-style diagonal recurrence)
+        dtype: float32 or float64
+        device: cpu, cuda, cuda:1, mps, ...
+        batch: sequences per call
+        repeats: timed calls per setting; the best is kept
+        threads: CPU threads for torch (0: torch's default); on a shared machine, the cores actually free
+    """
+    from ponder.solvers import CELLS, NEWTON_METHODS, benchmark
+
+    def ints(text: str, flag: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if not values or min(values) < 1:
+            raise PonderInputError(f"--{flag}: expected comma-separated positive integers, got {text!r}")
+        return values
+
+    def names(text: str, flag: str, allowed) -> list[str]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in values if v not in allowed]
+        if not values or bad:
+            raise PonderInputError(f"--{flag}: expected comma-separated names from {', '.join(allowed)}, got {text!r}")
+        return values
+
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    if dtype not in dtypes:
+        raise PonderInputError(f"--dtype: expected float32 or float64, got {dtype!r}")
+    if batch < 1 or repeats < 1 or threads < 0:
+        raise PonderInputError(f"--batch and --repeats >= 1 and --threads >= 0 expected, got {batch}, {repeats}, {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+    return benchmark(
+        lengths=ints(lengths, "lengths"), sizes=ints(sizes, "sizes"), methods=names(methods, "methods", NEWTON_METHODS),
+        cell=names(cells, "cells", tuple(CELLS)), dtype=dtypes[dtype], device=pick_device(device), batch=batch, repeats=repeats,
+        progress=progress,
+    )
+
+
 def presets() -> list[dict[str, Any]]:
     """The shipped presets: name, trainable parameters (without any puzzle embedding
     table), the table's parameters (an upper bound for ARC, whose symmetric task

@@ -27,6 +27,7 @@ VERBS: dict[str, Callable[..., Any]] = {
     "data build": api.data_build,
     "data show": api.data_show,
     "data list": api.data_list,
+    "bench solvers": api.bench_solvers,
 }
 HIDDEN_PARAMS = {"progress"}
 
@@ -195,9 +196,19 @@ def show_data_list(rows: list[dict[str, Any]]) -> None:
         print(f"{r['name']:<{width}}  {r['description']}{where}")
 
 
+def show_bench_solvers(rows: list[dict[str, Any]]) -> None:
+    print(f"{'cell':<10} {'method':<10} {'T':>7} {'D':>4} {'dtype':<8} {'parallel s':>11} {'sequential s':>13} {'speedup':>8} {'iters':>6} {'max abs err':>12}")
+    for r in rows:
+        print(
+            f"{r['cell']:<10} {r['method']:<10} {r['T']:>7} {r['D']:>4} {r['dtype']:<8} {r['seconds_parallel']:>11.4f} "
+            f"{r['seconds_sequential']:>13.4f} {r['speedup']:>7.2f}x {r['iterations']:>6} {r['max_abs_err']:>12.1e}"
+        )
+
+
 SHOW = {
     "train": show_train, "eval": show_eval, "solve": show_solve, "presets": show_presets,
     "data build": show_data_build, "data show": show_data_show, "data list": show_data_list,
+    "bench solvers": show_bench_solvers,
 }
 
 
@@ -215,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         getattr(args, list_param).extend(extra)
     kwargs = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("verb", "json") and not k.endswith("_verb")}
-    if args._verb in ("train", "data build"):
+    if args._verb in ("train", "data build", "bench solvers"):
         kwargs["progress"] = sys.stderr.isatty() or not args.json
     try:
         result = args._fn(**kwargs)

@@ -53,6 +53,15 @@ def test_eval_convergence_exit_and_breadth(tiny_run, capsys):
     assert code == 0 and "exit on convergence" in out and "residual:" in out and "k=2" in out
 
 
+def test_bench_solvers_json(capsys):
+    code, out, _ = run_cli(capsys, "bench", "solvers", "--lengths", "16,32", "--sizes", 4, "--cells", "gru", "--methods", "deer,quasi_deer", "--repeats", 1, "--json")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 4
+    for row in rows:
+        assert {"method", "T", "D", "dtype", "seconds_parallel", "seconds_sequential", "speedup", "iterations", "max_abs_err"} <= set(row)
+        assert row["max_abs_err"] < 1e-3 and row["dtype"] == "float32"
+
+
 def test_eval_on_a_file(tiny_run, capsys, tmp_path):
     puzzles, solutions = sudoku.generate(3, 30, seed=9)
     f = tmp_path / "p.csv"
@@ -112,6 +121,9 @@ def bad_cases(tiny_run, tmp_path):
         (["eval", tiny_run, "--data", wrong], "wrong.csv:2: the answer is not a complete valid"),
         (["eval", tiny_run, "--data", tmp_path / "none.csv"], "no such file"),
         (["eval", tiny_run, "--solver-iters", 0], "only attractor runs have a solver"),
+        (["bench", "solvers", "--lengths", "10,x"], "--lengths: expected comma-separated positive integers"),
+        (["bench", "solvers", "--methods", "newton"], "--methods: expected comma-separated names from deer"),
+        (["bench", "solvers", "--dtype", "int8"], "--dtype: expected float32 or float64"),
         (["eval", tiny_run, "--exit-tol", 0], "--exit-tol: expected a tolerance > 0"),
         (["eval", tiny_run, "--breadth", 0], "--breadth >= 1"),
         (["solve", tiny_run, "." * 81, "--exit-tol", -1], "--exit-tol: expected >= 0"),

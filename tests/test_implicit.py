@@ -155,3 +155,23 @@ def test_no_penalty_unless_asked_and_no_grad_mode() -> None:
 def test_bad_arguments(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         fixed_point(torch.tanh, torch.zeros(BATCH, DIM), **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_equilibrium_does_not_keep_its_graph_alive():
+    """The gradient hook must not make a reference cycle with the result: once the
+    caller drops it, what f used is freed (an attractor model trains for hours)."""
+    import gc
+    import weakref
+
+    W = torch.randn(4, 4, dtype=torch.float64) * 0.3
+    W.requires_grad_(True)
+
+    def run():
+        x = torch.randn(3, 4, dtype=torch.float64) @ W  # an intermediate f closes over
+        eq = fixed_point(lambda z: torch.tanh(z @ W.T + x), torch.zeros(3, 4, dtype=torch.float64))
+        eq.z.sum().backward()
+        return weakref.ref(x), weakref.ref(eq)
+
+    x_ref, eq_ref = run()
+    gc.collect()
+    assert eq_ref() is None and x_ref() is None

@@ -33,3 +33,14 @@ def test_readme_tour_runs(tmp_path, capsys):
             argv += TINY
         assert main(argv) == 0, command
         capsys.readouterr()
+
+
+def test_readme_python_examples_run():
+    """Every ```python block in the README runs as written."""
+    import torch
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert blocks
+    for block in blocks:
+        torch.manual_seed(0)
+        exec(compile(block, "README.md", "exec"), {})

@@ -12,7 +12,9 @@ per example once the relative residual falls below `solver_tol`, so the number o
 iterations is chosen by convergence. Gradients reach the attractor, y0 and x through
 one differentiable attractor call at y* by implicit differentiation (an adjoint
 fixed-point solve) or a phantom gradient (`ponder.solvers.fixed_point`), so training
-memory does not grow with the number of solver iterations.
+memory does not grow with the number of solver iterations. Both need the attractor to
+contract near y*; `jacobian_weight` trains it to, with a penalty on the mean squared
+singular value of d attractor / du (a Hutchinson estimate of ||J||_F^2 / (L D)).
 
 `solver_iters = 0` removes the solver: the heads read the proposal y0 directly. The
 paper's "equilibrium internalisation" is the finding that accuracy barely drops then,
@@ -72,5 +74,7 @@ class Attractor(TRM):
             jacobian_weight=self.jacobian_weight,
         )
         self.last_trace = eq.trace
-        penalty = None if eq.jacobian_penalty is None else eq.jacobian_penalty.expand(tokens.shape[0])  # (B,)
+        # per state element, so the weight does not depend on L x D: the mean squared
+        # singular value of d attract / du, which a contraction keeps below 1
+        penalty = None if eq.jacobian_penalty is None else (eq.jacobian_penalty / y0[0].numel()).expand(tokens.shape[0])  # (B,)
         return self.heads((eq.z, z), aux_loss=penalty)

@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def show_train(result: dict[str, Any]) -> None:
     print(f"\ntest split: {result['n']} examples, {result['segments']} segments, {result['train_seconds']:.0f} s training, {result['total_seconds']:.0f} s total")
+    show_scores(result)
+
+
+def show_scores(result: dict[str, Any]) -> None:
+    """The lines an evaluation result gets, in `ponder train` and `ponder eval` alike."""
     print(f"  exact accuracy {result['exact_accuracy']:.4f}   cell accuracy {result['cell_accuracy']:.4f}")
     print(f"  with halting:  exact accuracy {result['halting_accuracy']:.4f} using {result['mean_segments']:.2f} segments on average")
     if "converged_accuracy" in result:
@@ -102,16 +107,6 @@ def show_train(result: dict[str, Any]) -> None:
     show_task_metrics(result.get("task_metrics"))
     if "breadth" in result:
         show_breadth(result["breadth"])
-
-
-def show_breadth(b: dict[str, Any]) -> None:
-    """Exact accuracy by segments (rows) x breadth (columns), one table per rule."""
-    print(f"  breadth: {b['starts']} starts (init noise {b['init_noise']}, langevin {b['langevin']}); exact accuracy, segments x starts")
-    for rule, table in b["accuracy"].items():
-        print(f"  {rule}:")
-        print("    segments " + "".join(f"{'k=' + str(k):>9}" for k in b["breadths"]))
-        for s, row in enumerate(table, start=1):
-            print(f"    {s:>8} " + "".join(f"{a:>9.4f}" for a in row))
 
 
 def show_curve(curve: list[float], by_depth: dict[str, list[float]] | None = None) -> None:
@@ -138,16 +133,7 @@ def show_task_metrics(metrics: dict[str, Any] | None) -> None:
 
 def show_eval(result: dict[str, Any]) -> None:
     print(f"{result['data']}: {result['n']} examples, {result['segments']} segments")
-    print(f"  exact accuracy {result['exact_accuracy']:.4f}   cell accuracy {result['cell_accuracy']:.4f}")
-    print(f"  with halting:  exact accuracy {result['halting_accuracy']:.4f} using {result['mean_segments']:.2f} segments on average")
-    if "converged_accuracy" in result:
-        print(f"  exit on convergence: exact accuracy {result['converged_accuracy']:.4f} using {result['converged_segments']:.2f} segments on average")
-    if "solver_iters" in result:
-        print(f"  attractor solver: at most {result['solver_iters']} iterations per segment")
-    show_curve(result["accuracy_by_segment"], result.get("accuracy_by_depth"))
-    show_task_metrics(result.get("task_metrics"))
-    if "breadth" in result:
-        show_breadth(result["breadth"])
+    show_scores(result)
 
 
 def show_breadth(b: dict[str, Any]) -> None:

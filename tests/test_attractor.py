@@ -87,6 +87,9 @@ def test_zero_iterations_reads_the_proposal():
     assert torch.allclose(out.state[0], y0) and torch.allclose(out.state[1], z)
     assert torch.allclose(out.logits, model.head(y0))
     assert model.last_trace is None
+    assert model.calls_per_segment == 2  # the backbone's n + 1 calls, no solver
+    model.solver_iters = 5
+    assert model.calls_per_segment == 7
 
 
 def test_backbone_is_trm():

@@ -55,8 +55,17 @@ class Attractor(TRM):
         self.solver, self.solver_iters, self.solver_tol = solver, solver_iters, solver_tol
         self.solver_backward, self.jacobian_weight = solver_backward, jacobian_weight
         self.attractor = self.make_stack()
-        self.calls_per_segment += solver_iters  # at most: the solve stops early on convergence
         self.last_trace: SolverTrace | None = None  # the latest segment's solve, for diagnostics
+
+    @property
+    def calls_per_segment(self) -> int:
+        """The backbone's network calls plus the solver's, at most (it stops early on
+        convergence); follows `solver_iters` when that is changed for evaluation."""
+        return self.backbone_calls + self.solver_iters
+
+    @calls_per_segment.setter
+    def calls_per_segment(self, backbone_calls: int) -> None:  # set by TRM.__init__
+        self.backbone_calls = backbone_calls
 
     def forward(self, tokens: torch.Tensor, state: State | None = None, puzzle_ids: torch.Tensor | None = None) -> SegmentOutput:
         x, (y0, z) = self.advance(tokens, state, puzzle_ids)  # x, y0, z: (B, L, D)

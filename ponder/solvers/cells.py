@@ -32,10 +32,11 @@ exact but slower and memory-hungrier than an analytic formula.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
+
+from ponder.solvers.newton import solve_recurrence
 
 KINDS = ("dense", "diagonal", "blocks")
 
@@ -81,9 +82,13 @@ class RecurrentCell(nn.Module):
         return self.linearise(h_prev, self.project(x), "diagonal")[1]
 
 
-class GRUCell(RecurrentCell):
-    """Standard GRU (torch.nn.GRUCell layout): r, z gates, candidate n, h' = (1 - z) n + z h."""
+class GatedCell(RecurrentCell):
+    """What the GRU and LSTM share: `gates` gate blocks of `hidden_size` units each,
+    torch.nn's parameter layout (weight_ih, weight_hh, bias_ih, bias_hh) and init, and
+    per-unit scalar recurrent weights when `diagonal_recurrence` (ParaRNN)."""
 
+    gates: int
+    state_multiple: int = 1  # state_size = state_multiple x hidden_size
     diagonal_recurrence = False
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
@@ -92,20 +97,42 @@ class GRUCell(RecurrentCell):
             raise ValueError(f"input_size and hidden_size must be >= 1, got {input_size}, {hidden_size}")
         self.input_size = input_size
         self.hidden_size = hidden_size
-        self.state_size = hidden_size
-        h = hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(3 * h, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(3 * h) if self.diagonal_recurrence else torch.empty(3 * h, h))
-        self.bias_ih = nn.Parameter(torch.empty(3 * h))
-        self.bias_hh = nn.Parameter(torch.empty(3 * h))
-        _init_uniform(self, hidden_size)
+        self.state_size = self.state_multiple * hidden_size
+        rows = self.gates * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(rows, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(rows) if self.diagonal_recurrence else torch.empty(rows, hidden_size))
+        self.bias_ih = nn.Parameter(torch.empty(rows))
+        self.bias_hh = nn.Parameter(torch.empty(rows))
+        # PyTorch's RNN init U(-1/sqrt(H), 1/sqrt(H)): small recurrent gain, so f contracts
+        bound = 1.0 / math.sqrt(hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight_ih.T + self.bias_ih  # (..., 3H)
+        return x @ self.weight_ih.T + self.bias_ih  # (..., gates H)
+
+    def recurrent(self, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The recurrent term W_hh h + b_hh of each gate, (..., H) each."""
+        if self.diagonal_recurrence:
+            return tuple(h * w + b for w, b in zip(self.weight_hh.chunk(self.gates), self.bias_hh.chunk(self.gates)))
+        return (h @ self.weight_hh.T + self.bias_hh).chunk(self.gates, dim=-1)
+
+    def recurrent_diagonal(self) -> tuple[torch.Tensor, ...]:
+        """The diagonal of each gate's W_hh, (H,) each: all of it for diagonal cells."""
+        w = self.weight_hh
+        if not self.diagonal_recurrence:
+            w = w.view(self.gates, self.hidden_size, -1).diagonal(dim1=1, dim2=2).reshape(-1)
+        return w.chunk(self.gates)
+
+
+class GRUCell(GatedCell):
+    """Standard GRU (torch.nn.GRUCell layout): r, z gates, candidate n, h' = (1 - z) n + z h."""
+
+    gates = 3
 
     def _gates(self, h: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
         u_r, u_z, u_n = u.chunk(3, dim=-1)
-        g_r, g_z, g_n = _recurrent(self, h, 3)  # (..., H) each
+        g_r, g_z, g_n = self.recurrent(h)  # (..., H) each
         r = torch.sigmoid(u_r + g_r)
         z = torch.sigmoid(u_z + g_z)
         n = torch.tanh(u_n + r * g_n)
@@ -127,8 +154,7 @@ class GRUCell(RecurrentCell):
         c_r = c_n * g_n * (1 - r)
         c_z = (h - n) * z * one_minus_z
         if kind == "diagonal" or self.diagonal_recurrence:
-            w = self.weight_hh if self.diagonal_recurrence else self.weight_hh.view(3, self.hidden_size, -1).diagonal(dim1=1, dim2=2).reshape(-1)
-            w_r, w_z, w_n = w.chunk(3)  # (H,) each
+            w_r, w_z, w_n = self.recurrent_diagonal()  # (H,) each
             diag = c_r * w_r + c_z * w_z + c_n * w_n + z  # (..., H)
             return out, diag if kind == "diagonal" else torch.diag_embed(diag)
         w_r, w_z, w_n = self.weight_hh.chunk(3, dim=0)  # (H, H) each
@@ -144,31 +170,15 @@ class DiagGRUCell(GRUCell):
     jacobian_structure = "diagonal"
 
 
-class LSTMCell(RecurrentCell):
+class LSTMCell(GatedCell):
     """Standard LSTM (torch.nn.LSTMCell layout i, f, g, o) on the state [h, c] of size 2 H."""
 
-    diagonal_recurrence = False
-
-    def __init__(self, input_size: int, hidden_size: int) -> None:
-        super().__init__()
-        if input_size < 1 or hidden_size < 1:
-            raise ValueError(f"input_size and hidden_size must be >= 1, got {input_size}, {hidden_size}")
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.state_size = 2 * hidden_size
-        h = hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(4 * h, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(4 * h) if self.diagonal_recurrence else torch.empty(4 * h, h))
-        self.bias_ih = nn.Parameter(torch.empty(4 * h))
-        self.bias_hh = nn.Parameter(torch.empty(4 * h))
-        _init_uniform(self, hidden_size)
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight_ih.T + self.bias_ih  # (..., 4H)
+    gates = 4
+    state_multiple = 2
 
     def _gates(self, s: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h, c = s.chunk(2, dim=-1)  # (..., H) each
-        i, f, g, o = (u_k + r_k for u_k, r_k in zip(u.chunk(4, dim=-1), _recurrent(self, h, 4)))
+        i, f, g, o = (u_k + r_k for u_k, r_k in zip(u.chunk(4, dim=-1), self.recurrent(h)))
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
         c_new = f * c + i * g
         return c, i, f, g, o, c_new, torch.tanh(c_new)
@@ -194,11 +204,7 @@ class LSTMCell(RecurrentCell):
             top = torch.cat([dh_dh, torch.diag_embed(o_dtc * f)], dim=-1)  # (..., H, 2H)
             bottom = torch.cat([dc_dh, torch.diag_embed(f)], dim=-1)
             return out, torch.cat([top, bottom], dim=-2)  # (..., 2H, 2H)
-        if self.diagonal_recurrence:
-            w = self.weight_hh
-        else:
-            w = self.weight_hh.view(4, self.hidden_size, -1).diagonal(dim1=1, dim2=2).reshape(-1)
-        w_i, w_f, w_g, w_o = w.chunk(4)  # (H,) each
+        w_i, w_f, w_g, w_o = self.recurrent_diagonal()  # (H,) each
         a_ch = k_i * w_i + k_f * w_f + k_g * w_g  # (..., H) diagonal of dc'/dh
         a_hh = k_o * w_o + o_dtc * a_ch  # diagonal of dh'/dh
         if kind == "diagonal":
@@ -225,6 +231,12 @@ def make_cell(name: str, input_size: int, hidden_size: int) -> RecurrentCell:
     return CELLS[name](input_size, hidden_size)
 
 
+# Newton-in-time states (B, T, D) beside the sequential reference: `run_parallel(cell, x,
+# h0, method=...)` returns a NewtonResult (h, trace) matching `run_sequential` to within
+# its tolerance (see `ponder.solvers.newton.solve_recurrence`).
+run_parallel = solve_recurrence
+
+
 def run_sequential(cell: RecurrentCell, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
     """Reference: states (B, T, D) from a plain loop h_t = f(h_{t-1}, x_t) over t.
 
@@ -239,25 +251,6 @@ def run_sequential(cell: RecurrentCell, x: torch.Tensor, h0: torch.Tensor | None
         h = cell.update(h, u[:, t])
         out.append(h)
     return torch.stack(out, dim=1)  # (B, T, D)
-
-
-def run_parallel(
-    cell: RecurrentCell,
-    x: torch.Tensor,
-    h0: torch.Tensor | None = None,
-    method: str = "deer",
-    max_iter: int | None = None,
-    tol: float | None = None,
-    damping: float | None = None,
-    **kwargs: Any,
-) -> Any:
-    """States (B, T, D) by Newton-in-time; returns a `newton.NewtonResult` (h, trace).
-
-    Same result as `run_sequential` to within `tol`, gradients by the reverse-scan
-    adjoint. See `ponder.solvers.newton.solve_recurrence` for the arguments."""
-    from ponder.solvers.newton import solve_recurrence
-
-    return solve_recurrence(cell, x, h0, method=method, max_iter=max_iter, tol=tol, damping=damping, **kwargs)
 
 
 def blocks_to_dense(blocks: torch.Tensor) -> torch.Tensor:
@@ -281,22 +274,8 @@ def _from_dense(jac: torch.Tensor, kind: str, k: int) -> torch.Tensor:
     return grid.diagonal(dim1=-3, dim2=-1)  # (..., k, k, H)
 
 
-def _recurrent(cell: Any, h: torch.Tensor, gates: int) -> tuple[torch.Tensor, ...]:
-    """The recurrent term W_hh h + b_hh of each gate, (..., H) each; W_hh per-unit for diagonal cells."""
-    if cell.diagonal_recurrence:
-        return tuple(h * w + b for w, b in zip(cell.weight_hh.chunk(gates), cell.bias_hh.chunk(gates)))
-    return (h @ cell.weight_hh.T + cell.bias_hh).chunk(gates, dim=-1)
-
-
 def _check_kind(cell: RecurrentCell, kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
     if kind == "blocks" and cell.jacobian_structure != "blocks":
         raise ValueError(f"kind: 'blocks' is exact only for cells with block Jacobians, not {type(cell).__name__}")
-
-
-def _init_uniform(module: nn.Module, hidden_size: int) -> None:
-    """PyTorch's RNN init U(-1/sqrt(H), 1/sqrt(H)): small recurrent gain, so f contracts."""
-    bound = 1.0 / math.sqrt(hidden_size)
-    for p in module.parameters():
-        nn.init.uniform_(p, -bound, bound)

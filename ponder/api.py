@@ -25,9 +25,18 @@ from ponder.models import build_model, count_params
 from ponder.tasks import Split, load_dataset_for, scorer, sudoku
 from ponder.tasks.builders import get_builder
 from ponder.tasks.dataset import MANIFEST, load_dataset
-from ponder.train.checkpoint import CHECKPOINT, load_weights, read_checkpoint
-from ponder.train.loop import load_run_config, pick_device
+from ponder.registry import check_names
+from ponder.run_folder import CHECKPOINT, load_config
+from ponder.train.checkpoint import load_weights, read_checkpoint
+from ponder.train.distributed import launched, pick_device
+from ponder.train.loop import process_settings
 from ponder.train.loop import train as train_loop
+
+# What a resumed run may change: how long and where it runs, not what it computes.
+RESUMABLE_KEYS = (
+    "train.steps", "train.max_minutes", "train.eval_every", "train.checkpoint_every", "train.checkpoint_minutes",
+    "train.log_every", "train.threads", "train.device", "train.compile", "train.peak_tflops",
+)
 
 
 def train(overrides: list[str] | None = None, preset: str | None = None, config: str | None = None, out: str | None = None, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -44,15 +53,16 @@ def train(overrides: list[str] | None = None, preset: str | None = None, config:
     if resume:
         if preset or config or out:
             raise PonderInputError("--resume continues a run with its own config; drop --preset/--config/--out")
-        cfg = load_run_config(Path(resume))
-        extendable = {"train.steps", "train.max_minutes", "train.eval_every", "train.checkpoint_every", "train.threads", "train.device"}
-        bad = sorted(set(pairs) - extendable)
+        cfg = load_config(Path(resume))
+        bad = sorted(set(pairs) - set(RESUMABLE_KEYS))
         if bad:
-            raise PonderInputError(f"override '{bad[0]}': a resumed run keeps its config; only {', '.join(sorted(extendable))} may change")
+            raise PonderInputError(f"override '{bad[0]}': a resumed run keeps its config; only {', '.join(RESUMABLE_KEYS)} may change")
         if pairs:
             apply_values(cfg, pairs, "override")
-        return train_loop(cfg, Path(resume), resume=True, progress=progress)
-    cfg = build_config(preset=preset, config_file=config, overrides=pairs)
+        return train_loop(check_names(cfg), Path(resume), resume=True, progress=progress)
+    cfg = check_names(build_config(preset=preset, config_file=config, overrides=pairs))
+    if out is None and launched():
+        raise PonderInputError("under torchrun every rank must write to the same run folder: pass --out (or --resume)")
     run_dir = Path(out) if out else _new_run_dir(preset or Path(config or "default").stem)
     return train_loop(cfg, run_dir, progress=progress)
 
@@ -81,12 +91,13 @@ def evaluate(
         raise PonderInputError(f"--exit-tol: expected a tolerance > 0, got {exit_tol}")
     if breadth < 1 or init_noise < 0 or langevin < 0:
         raise PonderInputError(f"--breadth >= 1, --init-noise >= 0 and --langevin >= 0 expected, got {breadth}, {init_noise}, {langevin}")
+    options: dict[str, Any] = {}  # per-call model options
     if solver_iters is not None:
         if cfg.model.family != "attractor":
             raise PonderInputError(f"--solver-iters: {run} is a '{cfg.model.family}' run; only attractor runs have a solver")
         if solver_iters < 0:
             raise PonderInputError(f"--solver-iters: expected >= 0, got {solver_iters}")
-        model.solver_iters = solver_iters
+        options["solver_iters"] = solver_iters
     info: dict[str, Any] = {}  # the dataset's task metadata (a Sudoku file has none)
     if data and not (Path(data) / MANIFEST).is_file():
         puzzles, solutions = sudoku.read_puzzles(data)
@@ -110,16 +121,18 @@ def evaluate(
     result = evaluate_model(
         model, examples.inputs.to(device), examples.labels.to(device), n_segments, autocast=cfg.train.autocast,
         progress=sys.stderr.isatty(), ids=ids, depths=examples.extra.get("depth"), score=scorer(builder.score, examples, info),
-        exit_tol=exit_tol,
+        exit_tol=exit_tol, **options,
     )
     extra: dict[str, Any] = {}
+    calls = model.calls_per_segment
+    if cfg.model.family == "attractor":
+        extra["solver_iters"] = options.get("solver_iters", model.solver_iters)
+        calls = model.backbone_calls + extra["solver_iters"]
     if breadth > 1:
         extra["breadth"] = evaluate_breadth(
             model, examples.inputs.to(device), examples.labels.to(device), n_segments, breadth, init_noise, langevin,
-            autocast=cfg.train.autocast, ids=ids, seed=cfg.train.seed,
+            autocast=cfg.train.autocast, ids=ids, seed=cfg.train.seed, calls_per_segment=calls, **options,
         ).to_dict()
-    if cfg.model.family == "attractor":
-        extra["solver_iters"] = model.solver_iters
     return {"data": source, **result.to_dict(), **extra}
 
 
@@ -195,13 +208,12 @@ def bench_solvers(
         raise PonderInputError(f"--dtype: expected float32 or float64, got {dtype!r}")
     if batch < 1 or repeats < 1 or threads < 0:
         raise PonderInputError(f"--batch and --repeats >= 1 and --threads >= 0 expected, got {batch}, {repeats}, {threads}")
-    if threads:
-        torch.set_num_threads(threads)
-    return benchmark(
-        lengths=ints(lengths, "lengths"), sizes=ints(sizes, "sizes"), methods=names(methods, "methods", NEWTON_METHODS),
-        cell=names(cells, "cells", tuple(CELLS)), dtype=dtypes[dtype], device=pick_device(device), batch=batch, repeats=repeats,
-        progress=progress,
-    )
+    with process_settings(threads):
+        return benchmark(
+            lengths=ints(lengths, "lengths"), sizes=ints(sizes, "sizes"), methods=names(methods, "methods", NEWTON_METHODS),
+            cell=names(cells, "cells", tuple(CELLS)), dtype=dtypes[dtype], device=pick_device(device), batch=batch, repeats=repeats,
+            progress=progress,
+        )
 
 
 def presets() -> list[dict[str, Any]]:
@@ -283,7 +295,7 @@ def _task_key(key: str) -> str:
 def load_trained(run: str | Path):
     """(config, model with EMA weights in eval mode, device) from a run folder."""
     run_dir = Path(run)
-    cfg = load_run_config(run_dir)
+    cfg = load_config(run_dir)
     tensors, meta = read_checkpoint(run_dir / CHECKPOINT)
     device = pick_device(cfg.train.device)
     model = model_for_task(cfg, num_puzzles=int(meta.get("task_shape", {}).get("num_puzzles", 0)))

@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ human-readable output
 
 def show_train(result: dict[str, Any]) -> None:
+    if "stopped" in result:
+        why = "the time limit (train.max_minutes)" if result["stopped"] == "time" else "a signal"
+        print(f"\nstopped by {why} at step {result['step']} of {result['steps']} ({result['train_seconds']:.0f} s training); "
+              f"checkpointed, no test run. Continue with: ponder train --resume {result['run']}")
+        return
     print(f"\ntest split: {result['n']} examples, {result['segments']} segments, {result['train_seconds']:.0f} s training, {result['total_seconds']:.0f} s total")
     show_scores(result)
 

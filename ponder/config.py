@@ -3,6 +3,10 @@
 A run is described by one `RunConfig` with three sections. Every key is checked: an
 unknown section or key, or a value of the wrong type, raises `PonderInputError` naming
 it. Presets are YAML files in the package's `presets/` folder; `ponder presets` lists them.
+
+This module depends on nothing else in ponder but its error type: the names that other
+modules own (model families, tasks, solvers) are checked against their registries by
+`ponder.registry.check_names`, so no list of them is repeated here.
 """
 
 from __future__ import annotations
@@ -16,16 +20,9 @@ from typing import Any
 import yaml
 
 from ponder.errors import PonderInputError
-from ponder.solvers.fixed_point import METHODS
-from ponder.solvers.implicit import BACKWARDS
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "trm-sudoku-cpu"
-# The builders in `ponder.tasks.builders` (a test keeps the two lists equal).
-TASK_NAMES = (
-    "sudoku", "sudoku-extreme-1k", "sudoku-hard-test", "maze-hard", "arc-agi-1", "arc-agi-2",
-    "graph-reach", "bool-depth", "khop", "cellular",
-)
 
 
 @dataclass
@@ -80,10 +77,11 @@ class TaskConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000  # batches; each runs up to max_segments segments, one update each
-    max_minutes: float = 0.0  # stop training after this much training time (0: no limit); time-bound runs do not repeat exactly
-    batch_size: int = 128
-    max_segments: int = 8  # deep-supervision segments per batch in training
+    steps: int = 1000  # optimizer steps... shrink: batches of up to max_segments segments (one update each); refill: single segments
+    batching: str = "auto"  # shrink (halted rows leave the batch), refill (halted rows get the next example; fixed shapes), auto: refill on CUDA
+    max_minutes: float = 0.0  # stop this invocation after this much training time, checkpoint, skip the test (0: no limit); --resume continues
+    batch_size: int = 128  # global: split over the ranks of a torchrun launch
+    max_segments: int = 8  # deep-supervision segments per example in training
     eval_segments: int = 16  # segments run at evaluation (can exceed training)
     optimizer: str = "adamatan2"  # "adamatan2" or "adamw"
     lr: float = 1e-3
@@ -99,12 +97,19 @@ class TrainConfig:
     loss: str = "ce"  # "ce" or "stablemax"
     halt_loss_weight: float = 0.5
     halt_explore_prob: float = 0.1  # chance an example gets a random minimum segment count
-    eval_every: int = 250  # batches between validation runs
-    checkpoint_every: int = 250  # batches between checkpoints
+    eval_every: int = 250  # steps between validation runs
+    checkpoint_every: int = 250  # steps between checkpoints
+    checkpoint_minutes: float = 0.0  # also checkpoint after this much wall time since the last one (0: only by steps)
+    checkpoint_shard_mib: int = 16  # largest checkpoint file; bigger states are written in several shards
+    checkpoint_moments: str = "float32"  # dtype of the optimizer moments in checkpoints: float32 (exact resume) or bfloat16 (half the size)
+    log_every: int = 1  # steps per metrics line; metrics are read from the device only this often
     seed: int = 0  # model init, data order, augmentation and exploration
-    device: str = "auto"  # "auto", "cpu", "cuda", "mps", "cuda:1", ...
-    autocast: str = "none"  # "none" or "bfloat16" mixed precision
-    threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+    device: str = "auto"  # "auto", "cpu", "cuda", "mps", "cuda:1", ...; under torchrun each rank takes its LOCAL_RANK's GPU
+    autocast: str = "auto"  # mixed precision: auto (bfloat16 on CUDA, none elsewhere), none, or bfloat16; weights stay float32
+    dtype: str = "float32"  # the weights' dtype: float32 (the masters under autocast) or float64 (for exactness checks)
+    compile: bool = False  # torch.compile the segment step (refill batching keeps its shapes fixed: no recompiles after warm-up)
+    peak_tflops: float = 0.0  # the device's peak dense TFLOP/s for the MFU figure; 0: looked up for known GPUs
+    threads: int = 0  # CPU threads for torch during this run; 0 keeps torch's default
 
 
 @dataclass
@@ -122,19 +127,18 @@ class RunConfig:
 
 
 _CHOICES = {
-    ("model", "family"): ("trm", "hrm", "looped", "depthrec", "attractor", "transformer"),
-    ("model", "solver"): METHODS,
-    ("model", "solver_backward"): BACKWARDS,
     ("model", "halting"): ("none", "bce", "act_q"),
     ("model", "loop_halting"): ("act", "pondernet", "none"),
     ("model", "grad_mode"): ("auto", "full", "last_cycle", "one_step", "truncated"),
     ("model", "mixer"): ("attention", "mlp"),
     ("model", "attention_mask"): ("none", "task"),
-    ("task", "name"): TASK_NAMES,
     ("train", "optimizer"): ("adamatan2", "adamw"),
     ("train", "lr_schedule"): ("cosine", "constant"),
     ("train", "loss"): ("ce", "stablemax"),
-    ("train", "autocast"): ("none", "bfloat16"),
+    ("train", "autocast"): ("auto", "none", "bfloat16"),
+    ("train", "batching"): ("auto", "shrink", "refill"),
+    ("train", "checkpoint_moments"): ("float32", "bfloat16"),
+    ("train", "dtype"): ("float32", "float64"),
 }
 
 
@@ -240,6 +244,11 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("train.ema", 0 <= cfg.train.ema < 1, "in [0, 1)"),
         ("train.eval_every", cfg.train.eval_every >= 1, ">= 1"),
         ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, ">= 1"),
+        ("train.checkpoint_minutes", cfg.train.checkpoint_minutes >= 0, ">= 0"),
+        ("train.checkpoint_shard_mib", cfg.train.checkpoint_shard_mib >= 1, ">= 1"),
+        ("train.log_every", cfg.train.log_every >= 1, ">= 1"),
+        ("train.peak_tflops", cfg.train.peak_tflops >= 0, ">= 0"),
+        ("train.threads", cfg.train.threads >= 0, ">= 0"),
         ("train.halt_explore_prob", 0 <= cfg.train.halt_explore_prob <= 1, "in [0, 1]"),
     ]
     for key, ok, expected in checks:

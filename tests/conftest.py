@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+# Built datasets are cached between runs; the tests keep theirs apart from the user's.
+os.environ["PONDER_CACHE"] = tempfile.mkdtemp(prefix="ponder-test-cache-")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -41,7 +41,7 @@ def test_refined_state_is_a_fixed_point_of_the_attractor():
         y = out.state[0]
         assert torch.allclose(model.attractor(y + y0 + x), y, atol=1e-5)
         assert not torch.allclose(y, y0, atol=1e-3)  # the solve moved the answer state
-    assert bool(model.last_trace.converged.all())
+    assert bool(out.trace.converged.all())
 
 
 @pytest.mark.parametrize("backward", ["implicit", "phantom"])
@@ -78,18 +78,18 @@ def test_gradient_matches_unrolled_reference(backward):
 
 
 def test_zero_iterations_reads_the_proposal():
-    model = tiny().eval()
+    model = tiny(solver_iters=0).eval()
     tokens = torch.randint(0, 10, (2, 9))
-    model.solver_iters = 0
     with torch.no_grad():
         out = model(tokens)
         _, y0, z = proposal(model, tokens)
+        assert torch.equal(model(tokens, solver_iters=0).logits, out.logits)  # the per-call setting gives the same
+        assert model(tokens, solver_iters=3).trace.iterations.max() <= 3
     assert torch.allclose(out.state[0], y0) and torch.allclose(out.state[1], z)
     assert torch.allclose(out.logits, model.head(y0))
-    assert model.last_trace is None
+    assert out.trace is None
     assert model.calls_per_segment == 2  # the backbone's n + 1 calls, no solver
-    model.solver_iters = 5
-    assert model.calls_per_segment == 7
+    assert tiny(solver_iters=5).calls_per_segment == 7
 
 
 def test_backbone_is_trm():

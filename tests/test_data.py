@@ -8,15 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from ponder.config import TASK_NAMES, TaskConfig
+from ponder.config import RunConfig, TaskConfig
 from ponder.errors import PonderInputError
 from ponder.tasks import load_task, sudoku
 from ponder.tasks.builders import BUILDERS, augment_copies, build, get_builder
 from ponder.tasks.dataset import DATA_FILE, MANIFEST, load_dataset, save_dataset
 
 
-def test_task_names_match_the_builders():
-    assert tuple(BUILDERS) == TASK_NAMES
+def test_task_names_come_from_the_builders():
+    from ponder.registry import check_names, name_choices
+
+    assert name_choices()["task.name"] == tuple(BUILDERS)
+    cfg = RunConfig()
+    cfg.task.name = "chess"
+    with pytest.raises(PonderInputError, match="config key 'task.name': expected one of sudoku"):
+        check_names(cfg)
 
 
 def test_canonical_form_is_invariant_under_the_group_and_separates_puzzles():

@@ -3,7 +3,7 @@
 import torch
 
 from ponder.models import LoopedTransformer
-from ponder.models.looped import ACT_EPS, act_combine
+from ponder.models.halting import ACT_EPS, act_combine
 
 
 def act_reference(states, probs):
@@ -80,7 +80,7 @@ def test_forward_matches_unrolled_reference():
         probs.append(torch.sigmoid(model.act_head(h).squeeze(-1)))
     y, ponder = act_reference(states, probs)
     assert torch.allclose(out.state[0], y, atol=1e-12)
-    assert torch.allclose(out.aux_loss, model.ponder_cost * ponder.mean(1), atol=1e-12)
+    assert torch.allclose(out.aux_loss, model.act_head.cost * ponder.mean(1), atol=1e-12)
     assert torch.allclose(out.logits, model.head(y), atol=1e-12)
 
 
@@ -95,7 +95,7 @@ def test_score_update_is_a_convex_step():
 
 
 def test_pondernet_distribution_and_loss():
-    from ponder.models.looped import geometric_prior, pondernet_distribution
+    from ponder.models.halting import geometric_prior, pondernet_distribution
     from ponder.train.losses import expected_token_loss, token_loss
 
     lam = torch.tensor([0.5, 0.25, 0.9])[:, None, None].double()  # (K=3, 1, 1)

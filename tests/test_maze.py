@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ponder.errors import PonderInputError
-from ponder.tasks import maze
-from ponder.tasks.grids import DIHEDRAL_INVERSE, dihedral
+from ponder.tasks import keyed, maze
+from ponder.tasks.grids import DIHEDRAL_INVERSE, IGNORE, dihedral
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,18 +139,31 @@ def test_every_symmetry_composed_with_its_inverse_is_the_identity():
     assert torch.equal(back, grids)
 
 
-def test_augment_batch_applies_one_symmetry_per_pair_and_keeps_answers_valid():
-    inputs = torch.from_numpy(tokens(*[QUESTION] * 16)).long()  # (16, 900)
-    labels = torch.from_numpy(tokens(*[MIDDLE] * 16)).long()
-    x, y = maze.augment_batch(inputs, labels, torch.Generator().manual_seed(0))
-    x2, y2 = maze.augment_batch(inputs, labels, torch.Generator().manual_seed(0))
-    assert torch.equal(x, x2) and torch.equal(y, y2)
+def test_augment_keyed_keeps_paths_shortest_and_follows_the_drawn_symmetry():
+    keys = keyed.example_keys(3, torch.arange(64))
+    inputs = torch.from_numpy(tokens(*[QUESTION] * 64))  # (64, 900) int8
+    labels = torch.from_numpy(tokens(*[TOP, MIDDLE] * 32))
+    x, y = maze.augment_keyed(inputs, labels, keys)
+    assert x.dtype == y.dtype == torch.int8
     assert maze.valid_answers(x, y).all()
-    images = maze.apply_symmetry(inputs[:8], torch.arange(8))  # the 8 images of the maze
-    chosen = [next(k for k in range(8) if torch.equal(row, images[k])) for row in x]
-    for row, k in zip(y, chosen):
-        assert torch.equal(row, maze.apply_symmetry(labels[:1], torch.tensor([k]))[0])
-    assert len(set(chosen)) > 1 and any(not torch.equal(row, inputs[0]) for row in x)
+    ks = keyed.integers(keys, 8, maze.KEYED_SALT)
+    assert set(ks.tolist()) == set(range(8))
+    assert torch.equal(x, maze.apply_symmetry(inputs, ks)) and torch.equal(y, maze.apply_symmetry(labels, ks))
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    x2, y2 = maze.augment_keyed(inputs[order], labels[order], keys[order])
+    assert torch.equal(x2, x[order]) and torch.equal(y2, y[order])
+    assert torch.equal(maze.augment_keyed(inputs[3:4], labels[3:4], keys[3:4])[1], y[3:4])
+
+
+def test_augment_keyed_moves_ignore_labels_with_their_cells():
+    keys = keyed.example_keys(0, torch.arange(8))
+    inputs = torch.from_numpy(tokens(*[QUESTION] * 8)).long()
+    labels = torch.from_numpy(tokens(*[MIDDLE] * 8)).long()
+    labels[:, 1::2] = IGNORE
+    x, y = maze.augment_keyed(inputs, labels, keys)
+    ks = keyed.integers(keys, 8, maze.KEYED_SALT)
+    assert torch.equal(y == IGNORE, maze.apply_symmetry(labels == IGNORE, ks))
+    assert int((y == IGNORE).sum()) == int((labels == IGNORE).sum())
 
 
 def test_generation_is_seeded():

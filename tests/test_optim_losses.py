@@ -48,7 +48,7 @@ def test_lr_schedule():
 
 
 def test_act_q_loss_matches_definition():
-    from ponder.train.losses import act_q_loss
+    from ponder.models.halting import act_q_loss
 
     def bce(logit, target):
         p = 1 / (1 + math.exp(-logit))
@@ -111,3 +111,49 @@ def test_ignored_positions_are_neither_trained_nor_scored():
     preds = torch.where(labels == IGNORE, 0, labels)
     preds[1, 0] = (labels[1, 0] + 1) % 7
     assert answer_correct(preds, labels).tolist() == [True, False, True]
+
+
+def test_adam_atan2_foreach_equals_per_parameter_reference():
+    """The multi-tensor step against the plain per-parameter loop, several parameters of
+    different shapes and one without a gradient on some steps."""
+    torch.manual_seed(1)
+    shapes = [(4, 3), (7,), (2, 2, 2)]
+    fast = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes]
+    slow = [p.detach().clone() for p in fast]
+    opt = AdamATan2(fast, lr=0.02, betas=(0.9, 0.95), weight_decay=0.1)
+    m = [torch.zeros_like(p) for p in slow]
+    v = [torch.zeros_like(p) for p in slow]
+    t = [0] * len(slow)
+    for step in range(6):
+        for i, p in enumerate(fast):
+            p.grad = None if (i == 1 and step % 2) else torch.randn_like(p)
+        opt.step()
+        for i, p in enumerate(slow):
+            g = fast[i].grad
+            if g is None:
+                continue
+            t[i] += 1
+            m[i].lerp_(g, 0.1)
+            v[i].lerp_(g.square(), 0.05)
+            p.mul_(1 - 0.02 * 0.1)
+            p.add_(torch.atan2(m[i] / (1 - 0.9 ** t[i]), (v[i] / (1 - 0.95 ** t[i])).sqrt()), alpha=-0.02 * 1.27)
+    for a, b in zip(fast, slow):
+        assert torch.allclose(a.detach(), b, rtol=0, atol=1e-14), float((a.detach() - b).abs().max())
+
+
+def test_ema_follows_definition():
+    from ponder.train.ema import EMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, 0.9)
+    shadow = [p.detach().clone() for p in model.parameters()]
+    for t in range(1, 4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        ema.update(model)
+        decay = min(0.9, (1 + t) / (10 + t))
+        shadow = [s + (1 - decay) * (p.detach() - s) for s, p in zip(shadow, model.parameters())]
+    for a, b in zip(ema.model.parameters(), shadow):
+        assert torch.allclose(a, b, atol=1e-6)

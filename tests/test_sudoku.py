@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ponder.errors import PonderInputError
-from ponder.tasks import sudoku
+from ponder.tasks import keyed, sudoku
+from ponder.tasks.grids import IGNORE
 
 SOLVED = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"
 
@@ -91,12 +92,90 @@ def test_symmetry_group_covers_each_generator():
     assert len({tuple(s.cells) for s in syms}) == 64
 
 
-def test_augment_batch_matches_pairs():
-    puzzles, solutions = sudoku.generate(8, 40, seed=5)
-    p, s = sudoku.augment_batch(torch.from_numpy(puzzles), torch.from_numpy(solutions), torch.Generator().manual_seed(0))
-    assert sudoku.valid_solutions(s).all()
-    assert (((p == 0) | (p == s)).all())
-    assert not (p == torch.from_numpy(puzzles).long()).all()
+def keyed_reference(key: int) -> sudoku.Symmetry:
+    """The element `augment_keyed` should apply for one key, built the slow way: the
+    same draws, assembled row by row as `Symmetry.random` does."""
+    k, salts = torch.tensor([key]), sudoku.KEYED_SALTS
+
+    def perm(n, salt):
+        return keyed.permutations(k, n, salt)[0].numpy()
+
+    def lines(order_salt, inner_salts):
+        order = perm(3, order_salt)
+        return np.concatenate([order[i] * 3 + perm(3, inner_salts[i]) for i in range(3)])
+
+    digits = np.concatenate([[0], perm(9, salts["digits"]) + 1])
+    rows, cols = lines(salts["bands"], salts["rows"]), lines(salts["stacks"], salts["cols"])
+    cells = (rows[:, None] * 9 + cols[None, :]).reshape(81)
+    if int(keyed.integers(k, 2, salts["transpose"])[0]):
+        cells = cells.reshape(9, 9).T.reshape(81)
+    return sudoku.Symmetry(cells=cells, digits=digits)
+
+
+def keyed_batch(n: int = 48):
+    puzzles, solutions = sudoku.generate(6, 40, seed=5)
+    reps = -(-n // 6)
+    p = torch.from_numpy(np.tile(puzzles, (reps, 1))[:n]).to(torch.uint8)  # (n, 81), as the datasets store them
+    s = torch.from_numpy(np.tile(solutions, (reps, 1))[:n]).to(torch.uint8)
+    return p, s, keyed.example_keys(7, torch.arange(n))
+
+
+def test_augment_keyed_keeps_puzzles_valid_and_matches_the_reference():
+    p, s, keys = keyed_batch()
+    p2, s2 = sudoku.augment_keyed(p, s, keys)
+    assert p2.dtype == s2.dtype == torch.uint8 and p2.shape == p.shape
+    assert sudoku.valid_solutions(s2).all()
+    assert ((p2 == 0) | (p2 == s2)).all()
+    assert torch.equal((p2 == 0).sum(1), (p == 0).sum(1))
+    for row, key in enumerate(keys.tolist()):
+        sym = keyed_reference(key)
+        assert (sym.apply(p[row].numpy()) == p2[row].numpy()).all()
+        assert (sym.apply(s[row].numpy()) == s2[row].numpy()).all()
+    assert len({tuple(row) for row in s2.tolist()}) == len(keys)
+    p3, s3 = sudoku.augment_keyed(p.long(), s.long(), keys)
+    assert p3.dtype == torch.int64 and torch.equal(p3, p2.long()) and torch.equal(s3, s2.long())
+
+
+def test_augment_keyed_depends_only_on_each_rows_key():
+    p, s, keys = keyed_batch()
+    p2, s2 = sudoku.augment_keyed(p, s, keys)
+    order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(0))
+    p3, s3 = sudoku.augment_keyed(p[order], s[order], keys[order])
+    assert torch.equal(p3, p2[order]) and torch.equal(s3, s2[order])
+    p4, s4 = sudoku.augment_keyed(p[5:7], s[5:7], keys[5:7])
+    assert torch.equal(p4, p2[5:7]) and torch.equal(s4, s2[5:7])
+
+
+def test_keyed_symmetries_cover_the_group_generators():
+    cells, digits = sudoku.keyed_symmetries(keyed.example_keys(0, torch.arange(2000)))
+    assert (digits[:, 0] == 0).all()
+    assert torch.equal(digits.sort(1).values, torch.arange(10).expand(2000, 10))
+    for v in range(1, 10):
+        assert set(digits[:, v].tolist()) == set(range(1, 10))  # digit v goes everywhere
+    assert set(cells[:, 0].tolist()) == set(range(81))  # any cell can land in the corner
+    transposed = cells[:, 1] // 9 != cells[:, 0] // 9  # a row's neighbour comes from another row
+    assert 800 < int(transposed.sum()) < 1200
+
+
+def test_augment_keyed_keeps_ignore_labels():
+    p, s, keys = keyed_batch(8)
+    labels = s.long().clone()
+    labels[:, ::7] = IGNORE
+    _, s2 = sudoku.augment_keyed(p, s, keys)
+    _, l2 = sudoku.augment_keyed(p.long(), labels, keys)
+    cells, _ = sudoku.keyed_symmetries(keys)
+    ignored = torch.gather(labels == IGNORE, 1, cells)  # (8, 81) where the IGNORE cells went
+    assert torch.equal(l2 == IGNORE, ignored)
+    assert torch.equal(l2[~ignored], s2.long()[~ignored])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_augment_keyed_on_cuda_equals_cpu():
+    p, s, keys = keyed_batch()
+    p2, s2 = sudoku.augment_keyed(p.cuda(), s.cuda(), keys.cuda())
+    assert p2.is_cuda and p2.dtype == torch.uint8
+    want = sudoku.augment_keyed(p, s, keys)
+    assert torch.equal(p2.cpu(), want[0]) and torch.equal(s2.cpu(), want[1])
 
 
 def test_peer_mask():

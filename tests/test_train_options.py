@@ -35,9 +35,19 @@ def test_option_trains(tmp_path, options):
     assert 0 <= result["exact_accuracy"] <= 1 and len(result["accuracy_by_segment"]) == 3
 
 
-def test_time_budget_stops_early_and_checkpoints(tmp_path):
+def test_time_budget_stops_checkpoints_and_resumes(tmp_path):
+    """train.max_minutes limits one invocation: the run checkpoints, logs a stop line,
+    skips the test, and --resume carries on to the end."""
+    from ponder.train.checkpoint import read_checkpoint
+
     run = tmp_path / "run"
-    result = api.train(TINY + ["train.steps=100000", "train.max_minutes=0.0001"], out=str(run), progress=False)
-    assert 1 <= result["step"] < 100000
+    result = api.train(TINY + ["train.steps=12", "train.max_minutes=0.0001"], out=str(run), progress=False)
+    assert result["stopped"] == "time" and 1 <= result["step"] < 12
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert log[-2]["event"] == "val" and log[-2]["step"] == result["step"]
+    assert log[-1]["event"] == "stop" and log[-1]["step"] == result["step"]
+    assert read_checkpoint(run / "checkpoint.safetensors")[1]["step"] == result["step"]
+    assert not (run / "results.json").exists()
+    final = api.train(["train.max_minutes=0"], resume=str(run), progress=False)
+    assert final["step"] == 12 and "exact_accuracy" in final
+    events = [json.loads(line)["event"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "stop" not in events and events[-1] == "test"

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ponder.eval.evaluate import autocast_context, state_change
+from ponder.models.driver import think
 from ponder.train.losses import answer_correct
 
 RULES = ("residual", "vote", "oracle")
@@ -55,7 +55,7 @@ def breadths_up_to(starts: int) -> list[int]:
 @torch.no_grad()
 def run_starts(
     model, inputs: torch.Tensor, segments: int, starts: int, init_noise: float, langevin: float = 0.0,
-    batch_size: int = 256, autocast: str = "none", ids: torch.Tensor | None = None, seed: int = 0,
+    batch_size: int = 256, autocast: str = "none", ids: torch.Tensor | None = None, seed: int = 0, **options,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run every (N, L) puzzle from `starts` initial states for `segments` segments.
 
@@ -79,14 +79,16 @@ def run_starts(
             eps = torch.randn(like.shape, generator=gen) * perturbed.view(-1, *[1] * (like.dim() - 1))
             return (scale * eps).to(device=like.device, dtype=like.dtype)
 
+        def walk(state, rows):  # Langevin: fresh noise on the perturbed starts after every segment
+            return tuple(s + noise(s, langevin) for s in state)
+
         state = tuple(s + noise(s, init_noise) for s in model.init_state(*tokens.shape))
-        seg_preds, seg_res = [], []
-        for _ in range(segments):
-            with autocast_context(device, autocast):
-                out = model(tokens, state, puzzle_ids)
-            seg_res.append(state_change(state, out.state).cpu())
-            seg_preds.append(out.logits.argmax(-1).cpu())
-            state = out.state if langevin == 0 else tuple(s + noise(s, langevin) for s in out.state)
+        record = [
+            (seg.out.logits.argmax(-1).cpu(), seg.change.cpu())
+            for seg in think(model, tokens, segments, ids=puzzle_ids, state=state, measure_change=True,
+                             perturb=walk if langevin > 0 else None, autocast=autocast, **options)
+        ]
+        seg_preds, seg_res = zip(*record)
         b = tokens.shape[0] // starts
         preds.append(torch.stack(seg_preds, dim=1).view(b, starts, segments, -1))
         residuals.append(torch.stack(seg_res, dim=1).view(b, starts, segments))
@@ -108,12 +110,15 @@ def select(preds: torch.Tensor, residuals: torch.Tensor, rule: str) -> torch.Ten
 def evaluate_breadth(
     model, inputs: torch.Tensor, labels: torch.Tensor, segments: int, starts: int, init_noise: float = 0.5,
     langevin: float = 0.0, batch_size: int = 256, autocast: str = "none", ids: torch.Tensor | None = None, seed: int = 0,
+    calls_per_segment: int | None = None, **options,
 ) -> BreadthResult:
     """Exact accuracy of (N, L) `labels` for every segment 1..S, breadth k in
-    `breadths_up_to(starts)` and selection rule in RULES."""
+    `breadths_up_to(starts)` and selection rule in RULES. `calls_per_segment`: network
+    calls of one start in one segment (default: the model's own); `options` go to every
+    model call."""
     was_training = model.training
     model.eval()
-    preds, residuals = run_starts(model, inputs, segments, starts, init_noise, langevin, batch_size, autocast, ids, seed)
+    preds, residuals = run_starts(model, inputs, segments, starts, init_noise, langevin, batch_size, autocast, ids, seed, **options)
     model.train(was_training)
     correct = answer_correct(preds, labels.cpu()[:, None, None, :])  # (N, K, S)
     ks = breadths_up_to(starts)
@@ -130,5 +135,5 @@ def evaluate_breadth(
                 accuracy[rule][s].append(round(float(right[rows, pick].float().mean()), 6))
     return BreadthResult(
         n=int(inputs.shape[0]), segments=segments, starts=starts, init_noise=init_noise, langevin=langevin,
-        breadths=ks, accuracy=accuracy, calls_per_segment=model.calls_per_segment,
+        breadths=ks, accuracy=accuracy, calls_per_segment=calls_per_segment or model.calls_per_segment,
     )

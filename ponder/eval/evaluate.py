@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from ponder.models.driver import state_change, think  # noqa: F401 (state_change: part of this module's API)
 from ponder.tasks.grids import IGNORE
 from ponder.train.losses import answer_correct
 
@@ -40,20 +41,14 @@ class EvalResult:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def state_change(old, new) -> torch.Tensor:
-    """Relative change of each example's state over one segment: the largest, over the
-    latents, of ||new - old|| / ||new||. Tuples of (B, ...) tensors -> (B,) float."""
-    changes = [
-        (n.float() - o.float()).flatten(1).norm(dim=1) / n.float().flatten(1).norm(dim=1).clamp_min(1e-12)
-        for o, n in zip(old, new)
-    ]
-    return torch.stack(changes).amax(dim=0)
-
-
 @torch.no_grad()
-def run_segments(model, inputs: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none", progress: bool = False, ids: torch.Tensor | None = None):
+def run_segments(
+    model, inputs: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none", progress: bool = False,
+    ids: torch.Tensor | None = None, **options,
+):
     """Predictions, halting logits and state changes after each segment. `ids`: (N,)
-    puzzle identifiers for a model with a puzzle embedding.
+    puzzle identifiers for a model with a puzzle embedding; `options` go to every model
+    call (e.g. an attractor's `solver_iters`).
 
     Returns preds (N, S, L) int64, halt_logits (N, S) float and changes (N, S) float
     (`state_change` over each segment; the first is measured from the initial state),
@@ -68,28 +63,22 @@ def run_segments(model, inputs: torch.Tensor, segments: int, batch_size: int = 2
     for start in starts:
         tokens = inputs[start : start + batch_size].to(device)
         puzzle_ids = None if ids is None else ids[start : start + batch_size].to(device)
-        state = model.init_state(*tokens.shape)
-        seg_preds, seg_halts, seg_changes = [], [], []
-        for _ in range(segments):
-            with autocast_context(device, autocast):
-                out = model(tokens, state, puzzle_ids)
-            seg_changes.append(state_change(state, out.state).cpu())
-            state = out.state
-            seg_preds.append(out.logits.argmax(-1).cpu())
-            seg_halts.append(out.halt_logits.float().cpu())
-        preds.append(torch.stack(seg_preds, dim=1))
-        halts.append(torch.stack(seg_halts, dim=1))
-        changes.append(torch.stack(seg_changes, dim=1))
+        record = [(seg.out.logits.argmax(-1), seg.out.halt_logits.float(), seg.change)
+                  for seg in think(model, tokens, segments, ids=puzzle_ids, measure_change=True, autocast=autocast, **options)]
+        seg_preds, seg_halts, seg_changes = (torch.stack(parts, dim=1).cpu() for parts in zip(*record))
+        preds.append(seg_preds)
+        halts.append(seg_halts)
+        changes.append(seg_changes)
     return torch.cat(preds), torch.cat(halts), torch.cat(changes)
 
 
 @torch.no_grad()
 def run_early_exit(
     model, inputs: torch.Tensor, max_segments: int, batch_size: int = 256, autocast: str = "none", halting: bool = True,
-    ids: torch.Tensor | None = None, exit_tol: float = 0.0,
+    ids: torch.Tensor | None = None, exit_tol: float = 0.0, **options,
 ):
-    """Real per-example early exit: after each segment, rows whose halting logit is
-    positive (with `halting`), or whose `state_change` over the segment is below
+    """Real per-example early exit: after each segment, rows that the model's halting
+    rule stops (with `halting`), or whose `state_change` over the segment is below
     `exit_tol` (> 0), keep their answer and leave the batch, so later segments cost only
     the rows still thinking. A halted row's answer is the one it gets when run alone.
     `halting=False, exit_tol=0` runs every row for `max_segments`.
@@ -100,22 +89,17 @@ def run_early_exit(
     used = torch.zeros(inputs.shape[0], dtype=torch.long)
     for start in range(0, inputs.shape[0], batch_size):
         tokens = inputs[start : start + batch_size].to(device)
-        rows = torch.arange(start, start + tokens.shape[0])  # dataset rows still thinking
-        puzzle_ids = None if ids is None else ids[rows].to(device)
-        state = model.init_state(*tokens.shape)
-        for seg in range(max_segments):
-            with autocast_context(device, autocast):
-                out = model(tokens, state, puzzle_ids)
-            settled = state_change(state, out.state).cpu() < exit_tol
-            done = ((out.halt_logits > 0).cpu() & halting) | settled | (seg + 1 == max_segments)
-            preds[rows[done]] = out.logits.argmax(-1).cpu()[done]
-            used[rows[done]] = seg + 1
-            keep = ~done
-            if not keep.any():
-                break
-            rows, tokens = rows[keep], tokens[keep.to(device)]
-            puzzle_ids = None if puzzle_ids is None else puzzle_ids[keep.to(device)]
-            state = tuple(s[keep.to(device)] for s in out.state)
+        puzzle_ids = None if ids is None else ids[start : start + batch_size].to(device)
+        for seg in think(model, tokens, max_segments, ids=puzzle_ids, measure_change=exit_tol > 0, autocast=autocast, **options):
+            done = torch.full_like(seg.rows, seg.index + 1 == max_segments, dtype=torch.bool)
+            if halting:
+                done |= model.halt_head.stop(seg.out.halt_logits)
+            if exit_tol > 0:
+                done |= seg.change < exit_tol
+            finished = (start + seg.rows[done]).cpu()
+            preds[finished] = seg.out.logits.argmax(-1)[done].cpu()
+            used[finished] = seg.index + 1
+            seg.leave(done)
     return preds, used
 
 
@@ -134,16 +118,27 @@ def first_true(stop: torch.Tensor) -> torch.Tensor:
 def evaluate(
     model, inputs: torch.Tensor, labels: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none",
     progress: bool = False, ids: torch.Tensor | None = None, depths: torch.Tensor | None = None,
-    score: Callable[[torch.Tensor, torch.Tensor], dict] | None = None, exit_tol: float | None = None,
+    score: Callable[[torch.Tensor, torch.Tensor], dict] | None = None, exit_tol: float | None = None, **options,
 ) -> EvalResult:
     """Accuracy of (N, L) labels' scored positions (not IGNORE) after each segment;
     with (N,) `depths`, also per depth; `score(preds (N, L), halting probability (N,))`
     adds the task's own metrics for the last segment's answers; `exit_tol` adds the
-    accuracy of exiting on convergence (state change below it)."""
+    accuracy of exiting on convergence (state change below it). `options` go to every
+    model call."""
     was_training = model.training
     model.eval()
-    preds, halts, changes = run_segments(model, inputs, segments, batch_size, autocast, progress, ids)
+    preds, halts, changes = run_segments(model, inputs, segments, batch_size, autocast, progress, ids, **options)
     model.train(was_training)
+    return score_segments(preds, halts, changes, labels, depths, score, exit_tol)
+
+
+def score_segments(
+    preds: torch.Tensor, halts: torch.Tensor, changes: torch.Tensor, labels: torch.Tensor, depths: torch.Tensor | None = None,
+    score: Callable[[torch.Tensor, torch.Tensor], dict] | None = None, exit_tol: float | None = None,
+) -> EvalResult:
+    """The metrics of `evaluate` from the per-segment record of `run_segments` (so a
+    record gathered from several processes is scored the same way)."""
+    segments = preds.shape[1]
     labels = labels.cpu()[:, None, :]  # (N, 1, L)
     exact = answer_correct(preds, labels)  # (N, S)
     scored = labels[:, 0] != IGNORE  # (N, L)
@@ -153,7 +148,7 @@ def evaluate(
     settled = None if exit_tol is None else first_true(changes < exit_tol)  # (N,)
     by_depth = {} if depths is None else {str(int(d)): depths.cpu() == d for d in depths.unique()}  # depth -> (N,) rows
     return EvalResult(
-        n=int(inputs.shape[0]),
+        n=int(preds.shape[0]),
         segments=segments,
         exact_accuracy=float(exact[:, -1].float().mean()),
         cell_accuracy=float(cells_right / scored.sum().clamp_min(1)),
@@ -166,10 +161,3 @@ def evaluate(
         cell_accuracy_by_depth={d: round(float(right[rows].sum() / scored[rows].sum().clamp_min(1)), 6) for d, rows in by_depth.items()} or None,
         task_metrics=None if score is None else score(preds[:, -1], torch.sigmoid(halts[:, -1])),
     )
-
-
-def autocast_context(device: torch.device, mode: str):
-    """Mixed precision for `mode == "bfloat16"`, full precision otherwise."""
-    if mode == "bfloat16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return torch.autocast(device_type=device.type, enabled=False)

@@ -27,7 +27,7 @@ import torch
 
 from ponder.models.base import SegmentOutput, State
 from ponder.models.trm import TRM
-from ponder.solvers import BACKWARDS, METHODS, SolverTrace, fixed_point
+from ponder.solvers import BACKWARDS, METHODS, fixed_point
 
 
 class Attractor(TRM):
@@ -55,22 +55,27 @@ class Attractor(TRM):
         self.solver, self.solver_iters, self.solver_tol = solver, solver_iters, solver_tol
         self.solver_backward, self.jacobian_weight = solver_backward, jacobian_weight
         self.attractor = self.make_stack()
-        self.last_trace: SolverTrace | None = None  # the latest segment's solve, for diagnostics
 
     @property
     def calls_per_segment(self) -> int:
         """The backbone's network calls plus the solver's, at most (it stops early on
-        convergence); follows `solver_iters` when that is changed for evaluation."""
+        convergence)."""
         return self.backbone_calls + self.solver_iters
 
     @calls_per_segment.setter
     def calls_per_segment(self, backbone_calls: int) -> None:  # set by TRM.__init__
         self.backbone_calls = backbone_calls
 
-    def forward(self, tokens: torch.Tensor, state: State | None = None, puzzle_ids: torch.Tensor | None = None) -> SegmentOutput:
+    def forward(
+        self, tokens: torch.Tensor, state: State | None = None, puzzle_ids: torch.Tensor | None = None, solver_iters: int | None = None,
+    ) -> SegmentOutput:
+        """`solver_iters`: this call's most solver iterations (default: the model's own;
+        0 reads the proposal). The solve's trace comes back in `out.trace`."""
+        iters = self.solver_iters if solver_iters is None else solver_iters
+        if iters < 0:
+            raise ValueError(f"solver_iters must be >= 0, got {iters}")
         x, (y0, z) = self.advance(tokens, state, puzzle_ids)  # x, y0, z: (B, L, D)
-        if self.solver_iters == 0:
-            self.last_trace = None
+        if iters == 0:
             return self.heads((y0, z))
 
         def attract(u: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
@@ -79,11 +84,12 @@ class Attractor(TRM):
         eq = fixed_point(
             attract, y0,
             backward=self.solver_backward,
-            solver_kwargs=dict(method=self.solver, max_iter=self.solver_iters, tol=self.solver_tol),
+            solver_kwargs=dict(method=self.solver, max_iter=iters, tol=self.solver_tol),
             jacobian_weight=self.jacobian_weight,
         )
-        self.last_trace = eq.trace
         # per state element, so the weight does not depend on L x D: the mean squared
         # singular value of d attract / du, which a contraction keeps below 1
         penalty = None if eq.jacobian_penalty is None else (eq.jacobian_penalty / y0[0].numel()).expand(tokens.shape[0])  # (B,)
-        return self.heads((eq.z, z), aux_loss=penalty)
+        out = self.heads((eq.z, z), aux_loss=penalty)
+        out.trace = eq.trace
+        return out

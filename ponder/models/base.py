@@ -11,11 +11,12 @@ calls carry gradient (`ponder.solvers.unroll`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
+from ponder.models.halting import segment_halting
 from ponder.nn.blocks import InputEmbedding, Stack
 from ponder.solvers import grad_steps, run_schedule
 
@@ -31,6 +32,7 @@ class SegmentOutput:
     aux_loss: torch.Tensor | None = None  # (B,) an extra loss the family adds (looped: ponder cost or KL)
     step_logits: torch.Tensor | None = None  # (K, B, L, V) PonderNet: logits after each loop step
     step_probs: torch.Tensor | None = None  # (K, B, L) PonderNet: probability of halting at each step
+    trace: Any = None  # the attractor's fixed-point solve (`ponder.solvers.SolverTrace`), for diagnostics
 
 
 class RecurrentModel(nn.Module):
@@ -80,11 +82,7 @@ class RecurrentModel(nn.Module):
     def add_heads(self, latents: int) -> None:
         hidden = self.hidden
         self.head = nn.Linear(hidden, self.vocab, bias=False)
-        # bce: a per-position "this cell is settled" logit; act_q: (halt, continue) Q logits of the pooled state.
-        self.halt_head = nn.Linear(hidden, 2 if self.halting == "act_q" else 1)
-        # Start by never halting, as HRM/TRM do, so early training explores all segments.
-        nn.init.zeros_(self.halt_head.weight)
-        nn.init.constant_(self.halt_head.bias, -5.0)
+        self.halt_head = segment_halting(self.halting, hidden)  # the halting rule: its head, loss and stop decision
         # Fixed (not learned) initial latents: one vector per latent, broadcast over positions.
         self.register_buffer("latent_init", torch.stack([torch.randn(hidden) for _ in range(latents)]))
 
@@ -115,10 +113,5 @@ class RecurrentModel(nn.Module):
     def heads(self, state: State, aux_loss: torch.Tensor | None = None) -> SegmentOutput:
         """Answer and halting heads on the state after a segment."""
         y = self.readout(state)  # (B, L, D)
-        logits = self.head(y)  # (B, L, V)
-        if self.halting == "act_q":
-            q = self.halt_head(y.mean(dim=1))  # (B, 2): halt, continue
-            return SegmentOutput(state=state, logits=logits, halt_logits=q[:, 0] - q[:, 1], q_logits=q, aux_loss=aux_loss)
-        # The whole answer is right only if every position is: halt on the least sure one.
-        halt_logits = self.halt_head(y).squeeze(-1).amin(dim=1)  # (B, L) -> (B,)
-        return SegmentOutput(state=state, logits=logits, halt_logits=halt_logits, aux_loss=aux_loss)
+        halt_logits, q_logits = self.halt_head.logits(y)  # (B,), (B, 2) or None
+        return SegmentOutput(state=state, logits=self.head(y), halt_logits=halt_logits, q_logits=q_logits, aux_loss=aux_loss)

@@ -8,6 +8,11 @@ test is run once at the end and must never be used to choose anything.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,7 +21,7 @@ import torch
 
 from ponder.config import TaskConfig
 from ponder.errors import PonderInputError
-from ponder.tasks.dataset import ArraySplit, Dataset, load_dataset
+from ponder.tasks.dataset import MANIFEST, ArraySplit, Dataset, load_dataset
 from ponder.tasks.grids import IGNORE
 
 __all__ = ["IGNORE", "Split", "TaskData", "load_task", "scorer", "task_data"]
@@ -86,17 +91,60 @@ def task_data(dataset: Dataset) -> TaskData:
     )
 
 
+def cache_root() -> Path | None:
+    """Where built datasets are kept for the next run: `$PONDER_CACHE` ("off": nowhere),
+    default `~/.cache/ponder`."""
+    env = os.environ.get("PONDER_CACHE", "")
+    if env.lower() == "off":
+        return None
+    return Path(env) if env else Path.home() / ".cache" / "ponder"
+
+
 def load_dataset_for(cfg: TaskConfig, progress: bool = False, splits: tuple[str, ...] = ("train", "val", "test")) -> Dataset:
-    """The config's dataset: the folder `task.data_dir`, or built now from the config
-    (only `splits`)."""
-    from ponder.tasks.builders import build
+    """The config's dataset: the folder `task.data_dir`, or built from the config (only
+    `splits`). A whole build (all three splits) is kept in the cache folder under a
+    hash of its spec and raw files, so the next start or resume reads it instead of
+    building it again."""
+    from ponder.tasks.builders import SPLITS, build, get_builder, raw_fingerprint
+    from ponder.tasks.dataset import save_dataset
 
     if cfg.data_dir:
         dataset = load_dataset(Path(cfg.data_dir))
         if dataset.name != cfg.name:
             raise PonderInputError(f"{cfg.data_dir}: holds a '{dataset.name}' dataset but task.name is '{cfg.name}'")
         return dataset
-    return build(cfg, splits=splits, progress=progress)
+    root = cache_root()
+    if root is None or tuple(splits) != SPLITS:
+        return build(cfg, splits=splits, progress=progress)
+    builder = get_builder(cfg.name)
+    resolved = builder.resolve(cfg)
+    files = [Path(f) for f in (resolved.train_file, resolved.test_file) if f]
+    sources = raw_fingerprint(builder) + [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
+    spec = {"spec": builder.spec(resolved), "sources": sources, "format": 1}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    folder = root / "datasets" / f"{cfg.name}-{key}"
+    if (folder / MANIFEST).is_file():
+        try:
+            return load_dataset(folder)
+        except PonderInputError:
+            pass  # damaged: build it again below
+    dataset = build(cfg, splits=splits, progress=progress)
+    try:  # write beside, then rename into place: another process may be building the same
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=_made(folder.parent)))
+        save_dataset(dataset, tmp)
+        if (folder / MANIFEST).is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+    except OSError:
+        pass  # a cache that cannot be written only costs the next run a build
+    return dataset
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def load_task(cfg: TaskConfig, progress: bool = False) -> TaskData:

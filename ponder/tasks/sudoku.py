@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from ponder.errors import PonderInputError
+from ponder.tasks import keyed
+from ponder.tasks.grids import seed_int
 
 SIZE = 81
 VOCAB = 10  # 0 = blank, 1..9 = digits
@@ -358,16 +360,54 @@ class Symmetry:
         return Symmetry(cells=cells, digits=digits)
 
 
-def augment_batch(puzzles: torch.Tensor, solutions: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply an independent random symmetry to each row of (B, 81) puzzles and
-    solutions (the same symmetry to a puzzle and its solution)."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-    rng = np.random.default_rng(seed)
-    syms = [Symmetry.random(rng) for _ in range(puzzles.shape[0])]
-    cells = torch.from_numpy(np.stack([s.cells for s in syms]))  # (B, 81)
-    digits = torch.from_numpy(np.stack([s.digits for s in syms]))  # (B, 10)
-    def one(x):
-        return torch.gather(digits, 1, torch.gather(x.long(), 1, cells))
+# One salt per independent draw of a keyed symmetry, so the draws of one key are unrelated.
+KEYED_SALTS = {
+    "digits": seed_int("sudoku-symmetry", "digits"),
+    "bands": seed_int("sudoku-symmetry", "bands"),
+    "rows": tuple(seed_int("sudoku-symmetry", "rows", k) for k in range(3)),
+    "stacks": seed_int("sudoku-symmetry", "stacks"),
+    "cols": tuple(seed_int("sudoku-symmetry", "cols", k) for k in range(3)),
+    "transpose": seed_int("sudoku-symmetry", "transpose"),
+}
+
+
+def _keyed_lines(keys: torch.Tensor, order_salt: int, inner_salts: tuple[int, ...]) -> torch.Tensor:
+    """(B,) keys -> (B, 9) source row (or column) of each destination row: an order of
+    the three bands, then an order of the three rows inside each, as in `Symmetry.random`."""
+    groups = keyed.permutations(keys, 3, order_salt)  # (B, 3) source band of each destination band
+    inner = torch.stack([keyed.permutations(keys, 3, salt) for salt in inner_salts], dim=1)  # (B, 3, 3)
+    return (groups[:, :, None] * 3 + inner).reshape(-1, 9)
+
+
+def keyed_symmetries(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) int64 keys -> the group element each key names, as `Symmetry` stores one:
+    (B, 81) source cell per destination cell and (B, 10) digit maps (0 stays 0). Drawn
+    from the same group and distribution as `Symmetry.random`, with tensor ops on the
+    keys' device, so a key names the same element whatever batch it is in."""
+    digits = torch.cat([torch.zeros_like(keys.long())[:, None], keyed.permutations(keys, 9, KEYED_SALTS["digits"]) + 1], dim=1)  # (B, 10)
+    rows = _keyed_lines(keys, KEYED_SALTS["bands"], KEYED_SALTS["rows"])  # (B, 9)
+    cols = _keyed_lines(keys, KEYED_SALTS["stacks"], KEYED_SALTS["cols"])  # (B, 9)
+    cells = rows[:, :, None] * 9 + cols[:, None, :]  # (B, 9, 9)
+    transpose = keyed.integers(keys, 2, KEYED_SALTS["transpose"]).bool()  # (B,)
+    cells = torch.where(transpose[:, None, None], cells.transpose(1, 2), cells).reshape(-1, SIZE)  # (B, 81)
+    return cells, digits
+
+
+def augment_keyed(puzzles: torch.Tensor, solutions: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The symmetry `keyed_symmetries` names for each row's key applied to (B, 81)
+    puzzles and solutions (the same one to a puzzle and its solution), on their device
+    and in their dtype. A pure function of the keys: a resumed or multi-GPU run sees the
+    same augmented example at the same stream position. Sudoku labels are complete
+    solutions, but a value outside 0..9 (an IGNORE label) would move with its cell and
+    keep its value."""
+    cells, digits = keyed_symmetries(keys.to(puzzles.device))
+
+    def one(x: torch.Tensor) -> torch.Tensor:
+        moved = torch.gather(x.long(), 1, cells)  # (B, 81)
+        is_digit = (moved >= 0) & (moved < VOCAB)
+        mapped = torch.gather(digits, 1, moved.clamp(0, VOCAB - 1))  # (B, 81)
+        return torch.where(is_digit, mapped, moved).to(x.dtype)
+
     return one(puzzles), one(solutions)
 
 

@@ -9,7 +9,8 @@ import torch
 
 class EMA:
     """Shadow copy of a model. The decay ramps up as `min(decay, (1 + t) / (10 + t))`
-    over the first updates so short runs are not dominated by the random init."""
+    over the first updates so short runs are not dominated by the random init. One
+    multi-tensor update per step (`torch._foreach_lerp_`), with no device sync."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
@@ -22,7 +23,8 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1 - decay)
+        shadow = list(self.model.parameters())
+        live = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(shadow, live, 1 - decay)
         for ema_b, b in zip(self.model.buffers(), model.buffers()):
             ema_b.copy_(b)

@@ -1,326 +1,553 @@
-"""The training loop, written out: batches, deep supervision, evaluation, checkpoints.
+"""The training loop, written out: deep supervision over a stream of examples, in one
+of two batching modes, on one process or many (torchrun).
 
-For each batch (one "step"):
+Deep supervision: every example runs up to `max_segments` segments; after each one the
+loss is taken and the optimizer steps, the state is detached and carried into the next
+segment, and the model's halting rule may stop the example.
 
-    state = initial state
-    for segment in 1..max_segments:          # deep supervision
-        out   = model(tokens, state)         # one segment of recurrence
-        loss  = token loss + halt_loss_weight * BCE(halt_logit, whole answer right)
-        update the weights (one optimizer step), update the EMA
-        state = out.state detached           # no gradient flows between segments
-        drop the examples that halt          # halt_logit > 0 (after any exploration minimum)
+shrink (`train.batching=shrink`, the CPU default): a step is a batch of B examples;
+    state = initial
+    for segment in 1..max_segments:                  # ponder.models.driver.think
+        out = model(tokens, state); loss; update      # one optimizer step per segment
+        halted rows leave the batch                   # easy examples stop spending compute
+    Later segments cost only the rows still thinking, which is what a CPU wants.
 
-Examples leave the batch when they halt, so easy puzzles stop spending compute. The
-data order, augmentation and exploration draws are functions of (seed, step), which
-makes a resumed run repeat the uninterrupted one exactly. The loop is written for one
-process; the global batch is `batch_size`, and every file is written by this process.
+refill (`train.batching=refill`, the CUDA default): a step is ONE segment of a batch
+    that keeps its B rows; a halted row takes the next example of the stream and a fresh
+    state (ponder.train.carry.Carry). Shapes never change, so torch.compile, CUDA graphs
+    and DDP run without recompiles or stragglers, and nothing is read back from the
+    device between logging intervals.
+
+Both modes consume the stream `ponder.train.stream.ExampleStream`, in which an example,
+its augmentation and its exploration draw are functions of its position: a resumed run
+repeats the uninterrupted one, and one process equals several.
+
+Under torchrun (refill batching) each rank holds B / world rows of the global batch,
+`DistributedDataParallel` averages the gradients, the sparse puzzle-embedding gradients
+are gathered from every rank, evaluation is sharded and gathered, and rank 0 alone
+writes the run folder (`ponder.run_folder`).
+
+A run stops cleanly at `train.max_minutes` of this invocation's training time or on
+SIGTERM: it checkpoints, logs a "stop" line, skips the final test, and `ponder train
+--resume RUN` continues it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import platform
-import subprocess
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-import ponder
-from ponder.config import RunConfig, config_from_dict
+from ponder.config import RunConfig
 from ponder.errors import PonderInputError
-from ponder.eval.evaluate import autocast_context, evaluate
+from ponder.eval.evaluate import run_segments, score_segments
 from ponder.models import build_model, count_params
-from ponder.tasks import load_task, scorer
-from ponder.train.checkpoint import CHECKPOINT, read_checkpoint, restore, save_checkpoint
+from ponder.models.driver import autocast_context, think
+from ponder.models.flops import peak_flops, segment_flops
+from ponder.run_folder import CHECKPOINT, CONFIG, METRICS, RESULTS, RunLog, environment, write_atomic
+from ponder.tasks import Split, load_task, scorer
+from ponder.train.carry import Carry
+from ponder.train.checkpoint import read_checkpoint, restore, save_checkpoint
+from ponder.train.distributed import Dist, launched
 from ponder.train.ema import EMA
-from ponder.train.losses import act_q_loss, answer_correct, expected_token_loss, token_loss
+from ponder.train.losses import answer_correct, segment_token_loss
 from ponder.train.optim import build_optimizer, build_puzzle_optimizer, lr_at
+from ponder.train.stream import ExampleStream
 
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
-RESULTS = "results.json"
-PLOT = "curves.png"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a small text file so a reader never sees it half-written."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise PonderInputError(f"config key 'train.device': unknown device {name!r}; expected auto, cpu, cuda or mps") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise PonderInputError(f"config key 'train.device': {name} requested but CUDA is not available")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise PonderInputError(f"config key 'train.device': {name} requested but MPS is not available")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Who ran this: versions, git revision of the ponder source, device."""
-    src = Path(ponder.__file__).parent
-    try:
-        git = lambda *args: subprocess.run(["git", *args], cwd=src, capture_output=True, text=True, timeout=5).stdout.strip()  # noqa: E731
-        rev = git("rev-parse", "--short", "HEAD")
-        if rev and git("status", "--porcelain", "--untracked-files=no", "."):
-            rev += "+dirty"  # uncommitted changes to tracked files
-    except (OSError, subprocess.SubprocessError):
-        rev = ""
-    env = {
-        "ponder": ponder.__version__,
-        "git": rev or "unknown",
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-    }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
-
-
-def batch_indices(n: int, batch_size: int, step: int, seed: int) -> tuple[torch.Tensor, dict[str, int]]:
-    """Indices of batch `step`: walk per-epoch permutations (epoch e seeded by
-    (seed, e)), wrapping into the next epoch mid-batch if needed."""
-    start = step * batch_size
-    out, pos = [], start
-    while len(out) < batch_size:
-        epoch, offset = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        take = min(batch_size - len(out), n - offset)
-        out.extend(perm[offset : offset + take].tolist())
-        pos += take
-    epoch, offset = divmod(start, n)
-    return torch.tensor(out), {"epoch": epoch, "offset": offset}
-
-
-def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 7919 + step) * 16 + stream)
-
-
-def halting_loss(model, cfg: RunConfig, out, correct: torch.Tensor, tokens: torch.Tensor, puzzle_ids: torch.Tensor | None, is_last: bool) -> torch.Tensor:
-    """Per-example loss of the halting head (zeros with halting=none)."""
-    if cfg.model.halting == "bce":
-        return F.binary_cross_entropy_with_logits(out.halt_logits.float(), correct.float(), reduction="none")
-    if cfg.model.halting == "act_q":
-        with torch.no_grad():  # the next segment's Q values bootstrap the target, as in HRM
-            next_q = model(tokens, tuple(s.detach() for s in out.state), puzzle_ids).q_logits
-        return act_q_loss(out.q_logits, correct, next_q, is_last)
-    return torch.zeros_like(correct, dtype=torch.float32)
-
-
-def train_batch(model, optimizers, ema, cfg: RunConfig, tokens, labels, ids, gen: torch.Generator, device) -> dict[str, float]:
-    """Deep supervision on one batch; returns the batch's training metrics.
-    tokens, labels (B, L); ids (B,) puzzle identifiers or None."""
-    tc = cfg.train
-    B = tokens.shape[0]
-    min_segments = torch.ones(B, dtype=torch.long)
-    explore = torch.rand(B, generator=gen) < tc.halt_explore_prob
-    if tc.max_segments > 1:  # exploration: a random minimum number of segments before halting
-        min_segments[explore] = torch.randint(2, tc.max_segments + 1, (int(explore.sum()),), generator=gen)
-    min_segments = min_segments.to(device)
-    active = torch.arange(B, device=device)  # rows of the batch still thinking
-    state = None
-    final_correct = torch.zeros(B, dtype=torch.bool, device=device)
-    segments_used = torch.zeros(B, dtype=torch.long, device=device)
-    losses, halt_losses, n_updates = 0.0, 0.0, 0
-    for seg in range(tc.max_segments):
-        with autocast_context(device, tc.autocast):
-            puzzle_ids = None if ids is None else ids[active]
-            out = model(tokens[active], state, puzzle_ids)
-            target = labels[active]
-            if out.step_logits is None:
-                loss_tok = token_loss(out.logits, target, tc.loss)  # (b,)
-            else:  # PonderNet: expected loss over the halting distribution
-                loss_tok = expected_token_loss(out.step_logits, out.step_probs, target, tc.loss)
-            correct = answer_correct(out.logits.argmax(-1), target)  # (b,)
-            halt_loss = halting_loss(model, cfg, out, correct, tokens[active], puzzle_ids, is_last=seg + 1 == tc.max_segments)  # (b,)
-            loss = loss_tok.mean() + tc.halt_loss_weight * halt_loss.mean()
-            if out.aux_loss is not None:
-                loss = loss + out.aux_loss.mean()
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for optimizer in optimizers:
-            optimizer.step()
-        if ema is not None:
-            ema.update(model)
-        losses += float(loss_tok.detach().mean())
-        halt_losses += float(halt_loss.detach().mean())
-        n_updates += 1
-        final_correct[active] = correct
-        segments_used[active] = seg + 1
-        halted = torch.full_like(correct, seg + 1 == tc.max_segments)
-        if cfg.model.halting != "none":
-            halted |= (out.halt_logits.detach() > 0) & (seg + 1 >= min_segments[active])
-        keep = ~halted
-        active = active[keep]
-        state = tuple(s.detach()[keep] for s in out.state)
-        if active.numel() == 0:
-            break
-    return {
-        "loss": losses / n_updates,
-        "halt_loss": halt_losses / n_updates,
-        "accuracy": float(final_correct.float().mean()),
-        "segments": float(segments_used.float().mean()),
-        "updates": n_updates,
-    }
-
-
-class RunLog:
-    """Append-only JSONL metrics log. On resume, lines past the checkpoint (and any
-    final test line, which the resumed run writes again) are dropped."""
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        if resume_step is not None and path.exists():
-            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            kept = [json.dumps(r) for r in records if r.get("step", 0) <= resume_step and r.get("event") != "test"]
-            write_atomic(path, "".join(line + "\n" for line in kept))
-
-    def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def load_run_config(run_dir: Path) -> RunConfig:
-    path = Path(run_dir) / CONFIG
-    if not Path(run_dir).is_dir():
-        raise PonderInputError(f"{run_dir}: no such run folder")
-    if not path.is_file():
-        raise PonderInputError(f"{run_dir}: not a run folder (no {CONFIG}); expected a folder written by 'ponder train'")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PonderInputError(f"{path}:{e.lineno}: corrupt config (not valid JSON)") from None
-    return config_from_dict(data, str(path))
+CARRY_LIMIT = 16 * 2**20  # the refill carry's latent state is saved in checkpoints up to this size (bytes)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = True, quiet: bool = False) -> dict[str, Any]:
-    """Train (or resume) a run in `out_dir`; returns the final test evaluation."""
-    tc = cfg.train
-    out_dir = Path(out_dir)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = pick_device(tc.device)
-    ckpt_path = out_dir / CHECKPOINT
-    if resume:
-        read_checkpoint(ckpt_path)  # fail on a missing or corrupt checkpoint before any work
-    elif out_dir.exists() and any(out_dir.iterdir()):
-        raise PonderInputError(f"{out_dir}: folder exists and is not empty; use --resume {out_dir} or another --out")
+    """Train (or resume) a run in `out_dir`. Returns the final test evaluation, or, when
+    the run stopped early for time or a signal, `{"stopped": reason, "step": ...}`."""
+    with process_settings(cfg.train.threads):
+        trainer = Trainer(cfg, Path(out_dir), resume=resume, progress=progress, quiet=quiet)
+        try:
+            return trainer.run()
+        finally:
+            trainer.close()
 
-    t0 = time.time()
-    data = load_task(cfg.task, progress=progress)
-    torch.manual_seed(tc.seed)
+
+@contextlib.contextmanager
+def process_settings(threads: int):
+    """CPU threads and TF32 matmuls for the length of one run, put back afterwards (a
+    library call must not change the process for its caller)."""
+    old_threads = torch.get_num_threads()
+    old_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # float32 matmuls outside autocast
     try:
-        model = build_model(cfg.model, data.vocab, data.seq_len, data.attention_mask, data.num_puzzles).to(device)
-    except ValueError as e:
-        raise PonderInputError(f"task '{data.name}': {e}") from None
-    ema = EMA(model, tc.ema) if tc.ema > 0 else None
-    eval_model = ema.model if ema else model
-    optimizer = build_optimizer(model, tc)
-    puzzle_optimizer = build_puzzle_optimizer(model, tc)  # sign-SGD on the puzzle table; stateless
-    optimizers = [optimizer] + ([puzzle_optimizer] if puzzle_optimizer else [])
-    use_ids = cfg.model.puzzle_embedding
-    start, prior_seconds = 0, 0.0
-    if resume:
-        meta = restore(ckpt_path, model, ema, optimizer)
-        start, prior_seconds = int(meta["step"]), float(meta.get("train_seconds", 0.0))
-    task_shape = {"name": data.name, "vocab": data.vocab, "seq_len": data.seq_len, "num_puzzles": data.num_puzzles}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out_dir / METRICS, resume_step=start if resume else None)
-    write_atomic(out_dir / CONFIG, cfg.to_json() + "\n")  # on resume: records any extended train.steps
-    env = environment(device)
-    log.write({"event": "resume" if resume else "start", "step": start, "env": env, "params": count_params(model), "data_seconds": round(time.time() - t0, 2)})
-    if not quiet:
-        print(f"model {cfg.model.family}: {count_params(model):,} parameters on {device}; task {data.name}: train {len(data.train)}, val {len(data.val)}, test {len(data.test)} examples")
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old_tf32
 
-    def checkpoint(step: int) -> None:
-        _, position = batch_indices(len(data.train), tc.batch_size, step, tc.seed)
-        meta = {"step": step, "data_position": position, "config": cfg.to_dict(), "env": env, "train_seconds": train_seconds(), "task_shape": task_shape}
-        save_checkpoint(ckpt_path, model, ema, optimizer, meta)
 
-    def validate(step: int) -> dict[str, Any]:
-        result = evaluate(eval_model, data.val.inputs, data.val.labels, tc.eval_segments, autocast=tc.autocast, progress=progress, ids=data.val.ids if use_ids else None)
-        record = {"event": "val", "step": step, **result.to_dict()}
-        log.write(record)
+def resolve_batching(mode: str, device: torch.device) -> str:
+    return ("refill" if device.type == "cuda" else "shrink") if mode == "auto" else mode
+
+
+class Meter:
+    """Training metrics summed on the device and read once per logging interval: the
+    only host synchronisation of the training loop."""
+
+    NAMES = ("loss", "halt_loss", "finished", "correct", "segments")
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(len(self.NAMES), dtype=torch.float64, device=self.device)
+        self.updates = 0
+        self.example_segments = 0  # this rank's rows summed over updates (known on the host)
+        self.started = time.perf_counter()
+
+    def add_update(self, loss_tok: torch.Tensor, halt_loss: torch.Tensor, rows: int) -> None:
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.sums += torch.stack([loss_tok.double().mean(), halt_loss.double().mean(), zero, zero, zero])
+        self.updates += 1
+        self.example_segments += rows
+
+    def add_finished(self, done: torch.Tensor, correct: torch.Tensor, segments: torch.Tensor) -> None:
+        """done, correct (b,) bool; segments (b,) the segments each finished example ran."""
+        d = done.double()
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.sums += torch.stack([zero, zero, d.sum(), (d * correct.double()).sum(), (d * segments.double()).sum()])
+
+    def read(self, dist: Dist) -> dict[str, Any]:
+        """The interval's metrics, averaged over ranks; resets the meter."""
+        loss, halt, finished, correct, segments = dist.all_sum(self.sums).tolist()
+        seconds = time.perf_counter() - self.started
+        updates = max(1, self.updates) * dist.world
+        out = {
+            "loss": loss / updates,
+            "halt_loss": halt / updates,
+            "accuracy": correct / finished if finished else None,  # of the examples that finished in the interval
+            "segments": segments / finished if finished else None,
+            "updates": self.updates,
+            "examples": int(finished),
+            "seconds": seconds,
+            "example_segments": self.example_segments * dist.world,
+        }
+        self.reset()
+        return out
+
+
+class Trainer:
+    """One training run, set up in the order model, optimizer, data; `run` trains,
+    validates, checkpoints and tests."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = True, quiet: bool = False):
+        tc = cfg.train
+        self.cfg, self.tc, self.out_dir, self.resuming = cfg, tc, out_dir, resume
+        self.ckpt_path = out_dir / CHECKPOINT
+        # Checks that need no other rank and write nothing come first, so every rank of a
+        # launch fails the same way.
+        if resume:
+            read_checkpoint(self.ckpt_path)  # fail on a missing or corrupt checkpoint before any work
+        elif out_dir.exists() and any(out_dir.iterdir()):
+            raise PonderInputError(f"{out_dir}: folder exists and is not empty; use --resume {out_dir} or another --out")
+        self.dist = Dist.from_environment(tc.device)
+        self.device = self.dist.device
+        self.main = self.dist.main
+        self.progress = progress and self.main
+        self.quiet = quiet or not self.main
+        self.batching = resolve_batching(tc.batching, self.device)
+        self.check_launch()
+        self.t0 = time.time()
+        self.setup_data()
+        self.setup_model()
+        self.setup_optimizer()
+        self.start, self.prior_seconds = 0, 0.0
+        tensors = None
+        if resume:
+            tensors, meta = read_checkpoint(self.ckpt_path)
+            meta = restore(self.ckpt_path, self.model, self.ema, self.optimizer)
+            self.start, self.prior_seconds = int(meta["step"]), float(meta.get("train_seconds", 0.0))
+        self.setup_batching(tensors)
+        self.meter = Meter(self.device)
+        self.stop_reason: str | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def check_launch(self) -> None:
+        """Refuse what this launch cannot honour, with one line naming the setting."""
+        tc, world = self.tc, self.dist.world
+        if world > 1:
+            if self.batching != "refill":
+                raise PonderInputError(
+                    f"torchrun with train.batching={tc.batching} ({self.batching}): shrinking batches put ranks out of step; use train.batching=refill"
+                )
+            if tc.batch_size % world:
+                raise PonderInputError(f"config key 'train.batch_size': {tc.batch_size} does not split over {world} ranks; use a multiple of {world}")
+
+    def setup_data(self) -> None:
+        self.data = load_task(self.cfg.task, progress=self.progress)
+        augment = self.data.augment if self.cfg.task.augment else None
+        self.stream = ExampleStream(self.data.train, self.tc.seed, self.device, augment)
+        self.use_ids = self.cfg.model.puzzle_embedding
+
+    def setup_model(self) -> None:
+        cfg, tc, data = self.cfg, self.tc, self.data
+        torch.manual_seed(tc.seed)
+        try:
+            model = build_model(cfg.model, data.vocab, data.seq_len, data.attention_mask, data.num_puzzles)
+        except ValueError as e:
+            raise PonderInputError(f"task '{data.name}': {e}") from None
+        self.model = model.to(device=self.device, dtype=DTYPES[tc.dtype])  # the weights: float32 masters under autocast
+        self.ema = EMA(self.model, tc.ema) if tc.ema > 0 else None
+        self.eval_model = self.ema.model if self.ema else self.model
+        self.flops = segment_flops(cfg.model, data.vocab, data.seq_len, training=True)
+        peak = tc.peak_tflops * 1e12 if tc.peak_tflops else peak_flops(self.device, torch.bfloat16 if self.bf16 else DTYPES[tc.dtype])
+        self.peak = None if peak is None else peak * self.dist.world
+
+    @property
+    def bf16(self) -> bool:
+        return self.tc.autocast == "bfloat16" or (self.tc.autocast == "auto" and self.device.type == "cuda")
+
+    def setup_optimizer(self) -> None:
+        self.optimizer = build_optimizer(self.model, self.tc)
+        self.puzzle_optimizer = build_puzzle_optimizer(self.model, self.tc)  # sign-SGD on the puzzle table; stateless
+        self.optimizers = [self.optimizer] + ([self.puzzle_optimizer] if self.puzzle_optimizer else [])
+        self.forward = self.model  # what computes a segment with gradient: DDP- and compile-wrapped below
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            table = [n for n, _ in self.model.named_parameters() if n.startswith("embed.puzzles.")]
+            if table:  # sparse rows: gathered by hand in `update`, not all-reduced densely
+                DDP._set_params_and_buffers_to_ignore_for_model(self.model, table)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DDP(self.model, device_ids=device_ids, broadcast_buffers=False, static_graph=True)
+        self.bootstrap = self.model  # the no-gradient forward of act_q's target
+        if self.tc.compile:
+            self.forward = torch.compile(self.forward)
+            self.bootstrap = torch.compile(self.model)
+
+    def setup_batching(self, tensors: dict[str, torch.Tensor] | None) -> None:
+        tc = self.tc
+        self.local_rows = tc.batch_size // self.dist.world
+        self.carry = None
+        if self.batching == "refill":
+            self.carry = Carry(self.model, self.stream, tc.batch_size, self.dist, tc.max_segments, tc.halt_explore_prob, self.data.seq_len)
+            if tensors is not None and "carry.next_position" in tensors:
+                self.carry.restore(tensors)
+
+    # ------------------------------------------------------------------ one update
+
+    def segment_loss(self, out, tokens, labels, ids, is_last):
+        """The loss of one segment: token loss (+ the halting rule's loss, + the family's
+        extra loss). Returns (loss, token loss (b,), halting loss (b,), correct (b,))."""
+        tc = self.tc
+        loss_tok = segment_token_loss(out, labels, tc.loss)  # (b,)
+        correct = answer_correct(out.logits.argmax(-1), labels)  # (b,)
+        rule = self.model.halt_head
+        next_q = None
+        if rule.bootstraps:
+
+            def next_q():  # the next segment's Q values, as in HRM
+                with torch.no_grad(), autocast_context(self.device, tc.autocast):
+                    return self.bootstrap(tokens, tuple(s.detach() for s in out.state), ids).q_logits
+
+        halt_loss = rule.loss(out.halt_logits, out.q_logits, correct, next_q, is_last)  # (b,)
+        loss = loss_tok.mean() + tc.halt_loss_weight * halt_loss.mean()
+        if out.aux_loss is not None:
+            loss = loss + out.aux_loss.mean()
+        return loss, loss_tok.detach(), halt_loss.detach(), correct
+
+    def update(self, loss: torch.Tensor) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.puzzle_optimizer is not None and self.dist.world > 1:
+            self.gather_puzzle_grads()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def gather_puzzle_grads(self) -> None:
+        """The puzzle table's sparse gradient from every rank (each rank looked up its own
+        rows; sign-SGD needs their sum, whose scale does not matter)."""
+        table = self.model.embed.puzzles.weight
+        grad = table.grad
+        idx, val = grad._indices(), grad._values()  # (1, n), (n, D): one entry per lookup, the same n on every rank
+        table.grad = torch.sparse_coo_tensor(self.dist.all_gather(idx.t()).t(), self.dist.all_gather(val), table.shape)
+
+    def set_lr(self, step: int) -> float:
+        tc = self.tc
+        lr = lr_at(step, tc)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.puzzle_optimizer is not None:  # the same warmup and decay, scaled to train.puzzle_lr
+            self.puzzle_optimizer.param_groups[0]["lr"] = lr / tc.lr * tc.puzzle_lr
+        return lr
+
+    # ------------------------------------------------------------------ the two batching modes
+
+    def train_batch(self, step: int) -> None:
+        """Shrinking batch: B examples, up to max_segments segments, one update each."""
+        tc = self.tc
+        first = step * tc.batch_size + self.dist.rank * self.local_rows
+        positions = torch.arange(first, first + self.local_rows, device=self.device)
+        tokens, labels, ids = self.stream.fetch(positions, first, first + self.local_rows)
+        min_segments = self.stream.min_segments(positions, tc.halt_explore_prob, tc.max_segments)
+        rule = self.model.halt_head
+        state = self.model.init_state(*tokens.shape)
+        for seg in think(self.forward, tokens, tc.max_segments, ids=ids if self.use_ids else None, state=state, autocast=tc.autocast):
+            rows = seg.rows
+            is_last = seg.index + 1 == tc.max_segments
+            row_ids = ids[rows] if self.use_ids else None
+            loss, loss_tok, halt_loss, correct = self.segment_loss(seg.out, tokens[rows], labels[rows], row_ids, is_last)
+            self.update(loss)
+            self.meter.add_update(loss_tok, halt_loss, rows.numel())
+            done = rule.stop(seg.out.halt_logits.detach()) & (seg.index + 1 >= min_segments[rows])
+            if is_last:
+                done = torch.ones_like(done)
+            self.meter.add_finished(done, correct, torch.full_like(rows, seg.index + 1))
+            seg.leave(done)
+
+    def train_segment(self, step: int) -> None:
+        """Refill batch: one segment of the fixed-shape carry, one update."""
+        carry, tc = self.carry, self.tc
+        carry.refill()
+        ids = carry.ids if self.use_ids else None
+        with autocast_context(self.device, tc.autocast):
+            out = self.forward(carry.tokens, carry.state, ids)
+        is_last = carry.is_last()
+        loss, loss_tok, halt_loss, correct = self.segment_loss(out, carry.tokens, carry.labels, ids, is_last)
+        self.update(loss)
+        self.meter.add_update(loss_tok, halt_loss, carry.rows)
+        done = carry.advance(out.state, self.model.halt_head.stop(out.halt_logits.detach()))
+        self.meter.add_finished(done, correct, carry.segment)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, split: Split, segments: int, score=None, depths=None):
+        """Sharded over ranks, gathered, scored on every rank (rank 0 writes it)."""
+        start, stop = self.dist.shard(len(split))
+        ids = split.ids[start:stop] if self.use_ids else None
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        batch = max(256, self.local_rows)
+        preds, halts, changes = run_segments(
+            model, split.inputs[start:stop], segments, batch_size=batch, autocast=self.tc.autocast,
+            progress=self.progress, ids=ids,
+        )
+        model.train(was_training)
+        n = len(split)
+        preds, halts, changes = (self.dist.gather_shards(t.to(self.device), n).cpu() for t in (preds, halts, changes))
+        return score_segments(preds, halts, changes, split.labels, depths, score)
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> dict[str, Any]:
+        tc, cfg = self.tc, self.cfg
+        self.dist.barrier()  # every rank has read the run folder before rank 0 writes it
+        env = environment(self.device)
+        self.env = env
+        log = None
+        if self.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            log = RunLog(self.out_dir / METRICS, resume_step=self.start if self.resuming else None)
+            write_atomic(self.out_dir / CONFIG, cfg.to_json() + "\n")  # on resume: records any extended train.steps
+            log.write({
+                "event": "resume" if self.resuming else "start", "step": self.start, "env": env, "params": count_params(self.model),
+                "data_seconds": round(time.time() - self.t0, 2), "batching": self.batching, "world": self.dist.world,
+                "flops_per_example_segment": self.flops.train,
+            })
+        self.log = log
+        if not self.quiet:
+            data = self.data
+            print(f"model {cfg.model.family}: {count_params(self.model):,} parameters on {self.device}"
+                  f"{f' x {self.dist.world} ranks' if self.dist.world > 1 else ''}, {self.batching} batching; "
+                  f"task {data.name}: train {len(data.train)}, val {len(data.val)}, test {len(data.test)} examples")
+        self.invocation_start = time.time()
+        self.last_checkpoint = time.time()
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=tc.steps, initial=self.start, desc="train", unit="step" if self.batching == "refill" else "batch", dynamic_ncols=True)
+        self.model.train()
+        done = self.start
+        last_val = None
+        with self.stop_signals():
+            for step in range(self.start, tc.steps):
+                lr = self.set_lr(step)
+                if self.batching == "refill":
+                    self.train_segment(step)
+                else:
+                    self.train_batch(step)
+                done = step + 1
+                stop = self.stop_requested(done)
+                if done % tc.log_every == 0 or done == tc.steps or stop:
+                    record = self.write_train(done, lr)
+                    if bar is not None:
+                        bar.set_postfix(self.postfix(record, last_val), refresh=False)
+                if done % tc.eval_every == 0 or done == tc.steps:
+                    last_val = self.validate(done)
+                if done % tc.checkpoint_every == 0 or done == tc.steps or stop or self.checkpoint_due(done):
+                    self.save(done)
+                if bar is not None:
+                    bar.update(1)
+                if stop:
+                    break
+        if bar is not None:
+            bar.close()
+        if self.stop_reason is not None and done < tc.steps:
+            return self.stopped(done)
+        return self.finish(done)
+
+    def write_train(self, step: int, lr: float) -> dict[str, Any]:
+        m = self.meter.read(self.dist)
+        if not math.isfinite(m["loss"]) or not math.isfinite(m["halt_loss"]):
+            raise RuntimeError(f"step {step}: non-finite training loss {m['loss']}; lower train.lr or try train.loss=stablemax")
+        speed = {"example_segments_per_s": round(m["example_segments"] / max(m["seconds"], 1e-9), 2)}
+        speed["examples_per_s"] = round(m["examples"] / max(m["seconds"], 1e-9), 2)
+        if self.peak:
+            speed["mfu"] = round(self.flops.train * speed["example_segments_per_s"] / self.peak, 4)
+        record = {"event": "train", "step": step, "lr": lr}
+        for key in ("loss", "halt_loss", "accuracy", "segments"):
+            record[key] = None if m[key] is None else round(m[key], 6)
+        record.update(updates=m["updates"], examples=m["examples"], speed=speed)
+        if self.log is not None:
+            self.log.write(record)
         return record
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    @staticmethod
+    def postfix(record: dict[str, Any], last_val: dict[str, Any] | None) -> dict[str, str]:
+        post = {"loss": f"{record['loss']:.3f}"}
+        if record["accuracy"] is not None:
+            post["acc"] = f"{record['accuracy']:.2f}"
+            post["seg"] = f"{record['segments']:.1f}"
+        post["ex/s"] = f"{record['speed']['examples_per_s']:.0f}"
+        if "mfu" in record["speed"]:
+            post["mfu"] = f"{record['speed']['mfu']:.1%}"
+        if last_val:
+            post["val"] = f"{last_val['exact_accuracy']:.3f}"
+        return post
 
-        bar = tqdm(total=tc.steps, initial=start, desc="train", unit="batch", dynamic_ncols=True)
-    model.train()
-    last_val = None
-    train_start = time.time()
+    def validate(self, step: int) -> dict[str, Any]:
+        result = self.evaluate(self.data.val, self.tc.eval_segments)
+        record = {"event": "val", "step": step, **result.to_dict()}
+        if self.log is not None:
+            self.log.write(record)
+        self.meter.started = time.perf_counter()  # the speed figures count training only
+        return record
 
-    def train_seconds() -> float:  # training time of this run, summed over resumes
-        return prior_seconds + time.time() - train_start
+    def train_seconds(self) -> float:
+        """Training time of this run, summed over resumes."""
+        return self.prior_seconds + time.time() - self.invocation_start
 
-    done = start
-    for step in range(start, tc.steps):
-        lr = lr_at(step, tc)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if puzzle_optimizer is not None:  # the same warmup and decay, scaled to train.puzzle_lr
-            puzzle_optimizer.param_groups[0]["lr"] = lr / tc.lr * tc.puzzle_lr
-        idx, _ = batch_indices(len(data.train), tc.batch_size, step, tc.seed)
-        inputs, labels = data.train.inputs[idx], data.train.labels[idx]
-        ids = data.train.ids[idx].to(device) if use_ids else None
-        if cfg.task.augment and data.augment is not None:
-            inputs, labels = data.augment(inputs, labels, step_generator(tc.seed, step, 0))
-        metrics = train_batch(model, optimizers, ema, cfg, inputs.to(device), labels.to(device), ids, step_generator(tc.seed, step, 1), device)
-        if not all(math.isfinite(v) for v in metrics.values()):
-            raise RuntimeError(f"step {step + 1}: non-finite training loss {metrics}; lower train.lr or try train.loss=stablemax")
-        log.write({"event": "train", "step": step + 1, "lr": lr, **{k: round(v, 6) for k, v in metrics.items()}})
-        done = step + 1
-        out_of_time = tc.max_minutes > 0 and train_seconds() >= 60 * tc.max_minutes
-        if done % tc.eval_every == 0 or done == tc.steps or out_of_time:
-            last_val = validate(done)
-        if done % tc.checkpoint_every == 0 or done == tc.steps or out_of_time:
-            checkpoint(done)
-        if bar is not None:
-            post = {"loss": f"{metrics['loss']:.3f}", "acc": f"{metrics['accuracy']:.2f}", "seg": f"{metrics['segments']:.1f}"}
-            if last_val:
-                post["val"] = f"{last_val['exact_accuracy']:.3f}"
-            bar.set_postfix(post, refresh=False)
-            bar.update(1)
-        if out_of_time:
-            break
-    if bar is not None:
-        bar.close()
-    trained_seconds = train_seconds()
+    def save(self, step: int) -> None:
+        """Checkpoint (rank 0 writes; every rank takes part in gathering the carry)."""
+        tc = self.tc
+        extra = {}
+        if self.carry is not None:
+            extra = self.carry.snapshot(with_state=self.carry.bytes() <= CARRY_LIMIT)
+        if self.main:
+            meta = {
+                "step": step, "data_position": self.data_position(step), "config": self.cfg.to_dict(), "env": self.env,
+                "train_seconds": self.train_seconds(), "task_shape": self.task_shape(), "batching": self.batching,
+                "world": self.dist.world,
+            }
+            moments = torch.bfloat16 if tc.checkpoint_moments == "bfloat16" else None
+            save_checkpoint(self.ckpt_path, self.model, self.ema, self.optimizer, meta, shard_bytes=tc.checkpoint_shard_mib * 2**20,
+                            moments_dtype=moments, extra=extra)
+        self.dist.barrier()
+        self.last_checkpoint = time.time()
 
-    final = evaluate(
-        eval_model, data.test.inputs, data.test.labels, tc.eval_segments, autocast=tc.autocast, progress=progress,
-        ids=data.test.ids if use_ids else None, depths=data.test.extra.get("depth"), score=scorer(data.score, data.test, data.info, out_dir),
-    )
-    result = {"split": "test", "step": done, "train_seconds": round(trained_seconds, 1), "total_seconds": round(time.time() - t0, 1), **final.to_dict()}
-    log.write({"event": "test", **result})
-    write_atomic(out_dir / RESULTS, json.dumps(result, indent=2) + "\n")
-    from ponder.viz.plots import plot_run  # imported here: plots reads this module's log format
+    def data_position(self, step: int) -> dict[str, int]:
+        if self.carry is not None:
+            return {"next_position": int(self.carry.next_position)}
+        n = len(self.data.train)
+        epoch, offset = divmod(step * self.tc.batch_size, n)
+        return {"next_position": step * self.tc.batch_size, "epoch": epoch, "offset": offset}
 
-    plot_run(out_dir)
-    return result
+    def task_shape(self) -> dict[str, Any]:
+        data = self.data
+        return {"name": data.name, "vocab": data.vocab, "seq_len": data.seq_len, "num_puzzles": data.num_puzzles}
+
+    # ------------------------------------------------------------------ stopping
+
+    @contextlib.contextmanager
+    def stop_signals(self):
+        """SIGTERM (what a scheduler sends before it takes the machine back) asks the loop
+        to checkpoint and stop after the current step."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            self.stop_reason = "signal"
+
+        previous = signal.signal(signal.SIGTERM, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def stop_requested(self, step: int) -> bool:
+        """A signal arrived, or this invocation used its `train.max_minutes`. Several
+        ranks agree at logging steps (one small all-reduce), so they stop together."""
+        tc = self.tc
+        local = self.stop_reason is not None
+        if tc.max_minutes > 0 and time.time() - self.invocation_start >= 60 * tc.max_minutes:
+            local = True
+            self.stop_reason = self.stop_reason or "time"
+        if self.dist.world == 1:
+            return local
+        if step % tc.log_every:
+            return False
+        agreed = self.dist.any(local)
+        if agreed and self.stop_reason is None:
+            self.stop_reason = "signal"
+        return agreed
+
+    def checkpoint_due(self, step: int) -> bool:
+        tc = self.tc
+        if tc.checkpoint_minutes <= 0:
+            return False
+        due = time.time() - self.last_checkpoint >= 60 * tc.checkpoint_minutes
+        if self.dist.world == 1:
+            return due
+        return step % tc.log_every == 0 and self.dist.any(due)
+
+    def stopped(self, step: int) -> dict[str, Any]:
+        result = {"stopped": self.stop_reason, "step": step, "steps": self.tc.steps, "run": str(self.out_dir),
+                  "train_seconds": round(self.train_seconds(), 1), "total_seconds": round(time.time() - self.t0, 1)}
+        if self.log is not None:
+            self.log.write({"event": "stop", **result})
+        return result
+
+    def finish(self, step: int) -> dict[str, Any]:
+        """The final test: run once, on the test split, with the EMA weights."""
+        data = self.data
+        trained_seconds = self.train_seconds()
+        score = scorer(data.score, data.test, data.info, self.out_dir) if self.main else None
+        final = self.evaluate(data.test, self.tc.eval_segments, score=score, depths=data.test.extra.get("depth"))
+        result = {"split": "test", "step": step, "train_seconds": round(trained_seconds, 1), "total_seconds": round(time.time() - self.t0, 1), **final.to_dict()}
+        if self.main:
+            self.log.write({"event": "test", **result})
+            write_atomic(self.out_dir / RESULTS, json.dumps(result, indent=2) + "\n")
+            from ponder.viz.plots import plot_run
+
+            plot_run(self.out_dir)
+        return result
+
+    def close(self) -> None:
+        self.dist.close()
+
+
+__all__ = ["Trainer", "launched", "train"]

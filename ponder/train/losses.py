@@ -52,17 +52,10 @@ def answer_correct(preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return ((preds == labels) | (labels == IGNORE)).all(dim=-1)
 
 
-def act_q_loss(q_logits: torch.Tensor, correct: torch.Tensor, next_q_logits: torch.Tensor, is_last: bool) -> torch.Tensor:
-    """HRM's ACT Q-learning loss, per example. q_logits, next_q_logits: (B, 2) as
-    (halt, continue) logits of this segment and of the next one (computed without
-    gradient); correct: (B,) whole answer right.
-
-    Halting is rewarded by correctness: BCE(q_halt, correct). Continuing is worth what
-    the best action of the next segment is worth (only halting, if the next segment
-    is the last): BCE(q_continue, sigmoid(max(next q_halt, next q_continue)))."""
-    q_halt, q_continue = q_logits.float().unbind(-1)
-    next_halt, next_continue = next_q_logits.detach().float().unbind(-1)
-    target = torch.sigmoid(next_halt if is_last else torch.maximum(next_halt, next_continue))
-    halt_term = F.binary_cross_entropy_with_logits(q_halt, correct.float(), reduction="none")
-    continue_term = F.binary_cross_entropy_with_logits(q_continue, target, reduction="none")
-    return halt_term + continue_term
+def segment_token_loss(out, labels: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+    """A segment's per-example token loss (B,): the loss of its answer, or, when the
+    segment carries a halting distribution over its inner steps (PonderNet), the
+    expected loss under it."""
+    if out.step_probs is None:
+        return token_loss(out.logits, labels, kind)
+    return expected_token_loss(out.step_logits, out.step_probs, labels, kind)

@@ -13,7 +13,11 @@ class AdamATan2(torch.optim.Optimizer):
     """Adam with the division replaced by `atan2` ("Scaling Exponents Across
     Parameterizations and Optimizers"): the update `a * atan2(m_hat, b * sqrt(v_hat))`
     is bounded by `a * pi / 2` and needs no epsilon. Decoupled weight decay as AdamW.
-    Plain PyTorch, no compiled extension."""
+    Plain PyTorch, no compiled extension.
+
+    The moments of a parameter group are updated with `torch._foreach_*` ops (one
+    multi-tensor kernel per operation instead of one per parameter), and each step
+    count is a CPU scalar, so a step never waits for the device."""
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.95), weight_decay: float = 0.0, a: float = 1.27, b: float = 1.0):
         if lr <= 0:
@@ -28,24 +32,31 @@ class AdamATan2(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
                 state = self.state[p]
                 if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["step"] = torch.zeros((), dtype=torch.float32)  # on the CPU: read without a device sync
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"].item()
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(p.grad, 1 - beta1)
-                v.lerp_(p.grad.square(), 1 - beta2)
-                if group["weight_decay"]:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                m_hat = m / (1 - beta1**t)
-                v_hat = v / (1 - beta2**t)
-                p.add_(torch.atan2(m_hat, group["b"] * v_hat.sqrt()), alpha=-group["lr"] * group["a"])
+            states = [self.state[p] for p in params]
+            grads = [p.grad for p in params]
+            m = [s["exp_avg"] for s in states]
+            v = [s["exp_avg_sq"] for s in states]
+            steps = [s["step"] for s in states]
+            torch._foreach_add_(steps, 1.0)
+            torch._foreach_lerp_(m, grads, 1 - beta1)
+            torch._foreach_lerp_(v, torch._foreach_mul(grads, grads), 1 - beta2)
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+            t = [float(s) for s in steps]  # CPU scalars: no device sync
+            m_hat = torch._foreach_div(m, [1 - beta1**k for k in t])
+            v_root = torch._foreach_sqrt(torch._foreach_div(v, [1 - beta2**k for k in t]))
+            torch._foreach_mul_(v_root, group["b"])
+            updates = [torch.atan2(mh, vr) for mh, vr in zip(m_hat, v_root)]
+            torch._foreach_add_(params, updates, alpha=-group["lr"] * group["a"])
         return loss
 
 
@@ -95,7 +106,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     betas = (cfg.beta1, cfg.beta2)
     if cfg.optimizer == "adamatan2":
         return AdamATan2(groups, lr=cfg.lr, betas=betas)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, foreach=True)
 
 
 def build_puzzle_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> SparseSignSGD | None:

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ponder.train.loop import PLOT, RESULTS, read_log  # noqa: E402
+from ponder.run_folder import PLOT, read_log, read_results
 
 
 def plot_run(run_dir: str | Path) -> Path:
@@ -19,10 +13,15 @@ def plot_run(run_dir: str | Path) -> Path:
     log = read_log(run_dir)
     train = [r for r in log if r.get("event") == "train"]
     val = [r for r in log if r.get("event") == "val"]
-    results_path = run_dir / RESULTS
-    test = json.loads(results_path.read_text()) if results_path.exists() else None
+    test = read_results(run_dir)
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    # A Figure with its own Agg canvas: no pyplot, so no global backend is chosen or changed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(15, 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     ax = axes[0]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8)
     ax.set(xlabel="batch", ylabel="token loss", yscale="log", title="training loss")
@@ -45,6 +44,5 @@ def plot_run(run_dir: str | Path) -> Path:
     path = run_dir / PLOT
     tmp = path.with_name("curves.tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     tmp.replace(path)
     return path

@@ -1,0 +1,32 @@
+"""The names a config may use, read from the registries that own them (model families,
+tasks, fixed-point solvers and their gradients), so no list is repeated in
+`ponder.config`."""
+
+from __future__ import annotations
+
+from ponder.config import RunConfig
+from ponder.errors import PonderInputError
+
+
+def name_choices() -> dict[str, tuple[str, ...]]:
+    """config key -> the names its registry holds."""
+    from ponder.models import REGISTRY
+    from ponder.solvers import BACKWARDS, METHODS
+    from ponder.tasks.builders import BUILDERS
+
+    return {
+        "model.family": tuple(REGISTRY),
+        "model.solver": tuple(METHODS),
+        "model.solver_backward": tuple(BACKWARDS),
+        "task.name": tuple(BUILDERS),
+    }
+
+
+def check_names(cfg: RunConfig, source: str = "config") -> RunConfig:
+    """Raise a one-line error for a family, task or solver that no registry holds."""
+    for key, allowed in name_choices().items():
+        section, _, name = key.partition(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise PonderInputError(f"{source}: config key '{key}': expected one of {', '.join(allowed)}, got {value!r}")
+    return cfg

@@ -65,9 +65,14 @@ class SegmentHalting(nn.Linear):
 
 
 class NoHalting(SegmentHalting):
-    """Fixed segments. The head is kept (and recorded at evaluation) but never decides."""
+    """Fixed segments. The head is kept (and recorded at evaluation) but never decides,
+    and no loss trains it: its weights are frozen."""
 
     name = "none"
+
+    def __init__(self, hidden: int):
+        super().__init__(hidden)
+        self.requires_grad_(False)
 
     def logits(self, y):
         return self.forward(y).squeeze(-1).amin(dim=1), None  # (B, L) -> (B,)
@@ -160,7 +165,13 @@ class LoopHalting(nn.Linear):
 
 
 class NoLoopHalting(LoopHalting):
+    """Always K steps; the head is kept but nothing reads it, so it is frozen."""
+
     name = "none"
+
+    def __init__(self, hidden: int, cost: float = 0.01, prior: float = 0.2):
+        super().__init__(hidden, cost, prior)
+        self.requires_grad_(False)
 
     def combine(self, states, probs):
         return states[-1], None, None

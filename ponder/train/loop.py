@@ -118,8 +118,9 @@ class Meter:
         self.updates += 1
         self.example_segments += rows
 
-    def add_finished(self, done: torch.Tensor, correct: torch.Tensor, segments: torch.Tensor) -> None:
-        """done, correct (b,) bool; segments (b,) the segments each finished example ran."""
+    def add_finished(self, done: torch.Tensor, correct: torch.Tensor, segments: torch.Tensor, positions: torch.Tensor) -> None:
+        """done, correct (b,) bool; segments (b,) the segments each finished example ran;
+        positions (b,) their stream positions (unused here; a recording meter keeps them)."""
         d = done.double()
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
         self.sums += torch.stack([zero, zero, d.sum(), (d * correct.double()).sum(), (d * segments.double()).sum()])
@@ -227,7 +228,9 @@ class Trainer:
             if table:  # sparse rows: gathered by hand in `update`, not all-reduced densely
                 DDP._set_params_and_buffers_to_ignore_for_model(self.model, table)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = DDP(self.model, device_ids=device_ids, broadcast_buffers=False, static_graph=True)
+            # Some settings leave parameters out of a step's graph (a truncated gradient
+            # window that misses the input embedding, say): let DDP find them each step.
+            self.forward = DDP(self.model, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=True)
         self.bootstrap = self.model  # the no-gradient forward of act_q's target
         if self.tc.compile:
             self.forward = torch.compile(self.forward)
@@ -301,7 +304,6 @@ class Trainer:
         positions = torch.arange(first, first + self.local_rows, device=self.device)
         tokens, labels, ids = self.stream.fetch(positions, first, first + self.local_rows)
         min_segments = self.stream.min_segments(positions, tc.halt_explore_prob, tc.max_segments)
-        rule = self.model.halt_head
         state = self.model.init_state(*tokens.shape)
         for seg in think(self.forward, tokens, tc.max_segments, ids=ids if self.use_ids else None, state=state, autocast=tc.autocast):
             rows = seg.rows
@@ -310,10 +312,11 @@ class Trainer:
             loss, loss_tok, halt_loss, correct = self.segment_loss(seg.out, tokens[rows], labels[rows], row_ids, is_last)
             self.update(loss)
             self.meter.add_update(loss_tok, halt_loss, rows.numel())
-            done = rule.stop(seg.out.halt_logits.detach()) & (seg.index + 1 >= min_segments[rows])
+            ran = torch.full_like(rows, seg.index + 1)  # segments each row has run
+            done = self.halts(seg.out, positions[rows], ran) & (ran >= min_segments[rows])
             if is_last:
                 done = torch.ones_like(done)
-            self.meter.add_finished(done, correct, torch.full_like(rows, seg.index + 1))
+            self.meter.add_finished(done, correct, ran, positions[rows])
             seg.leave(done)
 
     def train_segment(self, step: int) -> None:
@@ -327,8 +330,14 @@ class Trainer:
         loss, loss_tok, halt_loss, correct = self.segment_loss(out, carry.tokens, carry.labels, ids, is_last)
         self.update(loss)
         self.meter.add_update(loss_tok, halt_loss, carry.rows)
-        done = carry.advance(out.state, self.model.halt_head.stop(out.halt_logits.detach()))
-        self.meter.add_finished(done, correct, carry.segment)
+        done = carry.advance(out.state, self.halts(out, carry.position, carry.segment + 1))
+        self.meter.add_finished(done, correct, carry.segment, carry.position)
+
+    def halts(self, out, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        """(b,) bool: the halting rule stops these examples (at stream `positions`, having
+        run `segments` segments) after this segment; the caller adds the exploration
+        minimum and the segment limit. One place for both batching modes."""
+        return self.model.halt_head.stop(out.halt_logits.detach())
 
     # ------------------------------------------------------------------ evaluation
 

@@ -219,17 +219,28 @@ def bench_solvers(
 def presets() -> list[dict[str, Any]]:
     """The shipped presets: name, trainable parameters (without any puzzle embedding
     table), the table's parameters (an upper bound for ARC, whose symmetric task
-    versions are dropped at build time), and a one-line description."""
+    versions are dropped at build time), the training budget in example-segments and
+    FLOP (refill batching: steps x batch; shrinking: at most steps x batch x
+    max_segments, less as examples halt), and a one-line description."""
+    from ponder.models.flops import segment_flops
+
     rows = []
     for name in preset_names():
         cfg = build_config(preset=name)
         # The puzzle table can hold hundreds of millions of numbers: count it, don't build it.
         model = model_for_task(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, puzzle_embedding=False)))
         raw = load_yaml(preset_path(name))
+        tc, builder = cfg.train, get_builder(cfg.task.name)
+        refill = tc.batching == "refill"
+        example_segments = tc.steps * tc.batch_size * (1 if refill else tc.max_segments)
         rows.append({
             "name": name,
             "params": count_params(model),
             "embedding_params": preset_puzzles(cfg) * cfg.model.hidden,
+            "batching": tc.batching,
+            "example_segments": example_segments,
+            "train_flops": example_segments * segment_flops(cfg.model, builder.vocab, builder.seq_len, training=True).train,
+            "budget_is_bound": not refill,
             "description": str(raw.get("description", "")),
         })
     return rows

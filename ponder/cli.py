@@ -162,9 +162,14 @@ def show_solve(result: dict[str, Any]) -> None:
 
 
 def show_presets(rows: list[dict[str, Any]]) -> None:
+    """Name, parameters, training budget (example-segments and FLOP; "<=" where halting
+    makes it an upper bound) and description."""
     width = max(len(r["name"]) for r in rows)
+    print(f"{'preset':<{width}}  {'params':>7}  {'example-segments, FLOP':>24}  description")
     for r in rows:
-        print(f"{r['name']:<{width}}  {r['params'] / 1e6:6.2f}M  {r['description']}")
+        bound = "<=" if r["budget_is_bound"] else "  "
+        budget = f"{bound}{r['example_segments'] / 1e6:7.2f}M, {r['train_flops']:8.2e}"
+        print(f"{r['name']:<{width}}  {r['params'] / 1e6:6.2f}M  {budget}  {r['description']}")
 
 
 def show_data_build(result: dict[str, Any]) -> None:

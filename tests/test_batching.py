@@ -73,3 +73,39 @@ def test_refill_keeps_shapes_and_state_of_running_rows(tmp_path):
     assert fresh.any() and (~fresh).any()
     for now, before, start in zip(carry.state, carried, init):
         assert torch.equal(now[fresh], start[fresh]) and torch.equal(now[~fresh], before[~fresh])
+
+
+def test_refill_step_reads_nothing_back_from_the_device(tmp_path):
+    """After warm-up, a refill step asks the device for no value: no .item(), no
+    bool() of a tensor, no boolean-mask indexing (each a host synchronisation on a GPU).
+    Every operator is watched at dispatch; the one read allowed is of the optimizer's
+    step counters, which live on the CPU by design. The metrics are read once per
+    logging interval, outside the step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    t = trainer(tmp_path, "refill", ["model.halting=act_q", "train.halt_explore_prob=0.5"])
+    for step in range(2):
+        t.set_lr(step)
+        t.train_segment(step)
+    allowed = {id(s["step"]) for s in t.optimizer.state.values()}
+    syncing = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default, torch.ops.aten.is_nonzero.default,
+               torch.ops.aten.masked_select.default}
+    reads = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in syncing and not (args and id(args[0]) in allowed):
+                reads.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Watch():
+        for step in range(2, 6):
+            t.set_lr(step)
+            t.train_segment(step)
+    assert not reads, reads
+    shrink = trainer(tmp_path / "s", "shrink")
+    shrink.halts = schedule
+    shrink.set_lr(0)
+    with Watch():  # the watch itself works: a shrinking batch reads back which rows leave
+        shrink.train_batch(0)
+    assert reads

@@ -6,7 +6,7 @@ deeper ones, and watch accuracy as test-time segments grow.
     python benchmarks/depth.py report runs/depth --record records/depth-cpu
 
 `run` trains `<family>-<task>` (TRM and its parameter-matched transformer baseline by
-default) for each task into `OUT/<task>/<family>` with `train.max_minutes=MINUTES`,
+default) for each task into `OUT/<task>/<family>` with `train.budget_minutes=MINUTES`,
 `JOBS` runs at a time, each on `train.threads=THREADS`; a folder that already holds
 results is skipped. `evaluate` re-scores each finished run's test split (EMA weights)
 into `eval.json` beside its `results.json`, which `report` then prefers. `report` writes a Markdown table (test exact accuracy per problem
@@ -41,7 +41,7 @@ def run(out: Path, minutes: float, tasks: list[str], families: list[str], seed: 
             if folder.exists():
                 shutil.rmtree(folder)  # a time-bound run cannot be resumed exactly: start it again
             cmd = [sys.executable, "-m", "ponder.cli", "train", "--preset", f"{family}-{task}", "--out", str(folder), "--json",
-                   f"train.max_minutes={minutes}", f"train.seed={seed}", f"train.threads={threads}"]
+                   f"train.budget_minutes={minutes}", f"train.seed={seed}", f"train.threads={threads}"]
             pending.append((f"{family}-{task}", cmd, folder))
     running: list[tuple[str, subprocess.Popen]] = []
     while pending or running:

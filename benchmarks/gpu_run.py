@@ -130,7 +130,7 @@ def continue_run(args, deadline: float, log) -> dict:
     if it overruns the deadline."""
     if args.data and not (Path(args.data) / "manifest.json").is_file():
         return {"error": f"{args.data}: no dataset folder; build it first with 'ponder data build' and send it with the call"}
-    setup = 4.0 if args.tiny else 75.0  # loading data and building the model before the clock of train.max_minutes starts
+    setup = 3.0 if args.tiny else 75.0  # loading data and building the model before the clock of train.max_minutes starts
     minutes = (deadline - time.time() - setup) / 60
     if minutes <= 0.02:
         return {"skipped": "no time left"}
@@ -187,7 +187,7 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="a seconds-long CPU version of every step")
     args = parser.parse_args()
     start = time.time()
-    deadline = start + 60 * args.minutes - (5 if args.tiny else 30)  # the copy at the end
+    deadline = start + 60 * args.minutes - (2 if args.tiny else 30)  # the copy at the end
     if args.tiny:
         args.bench_presets, args.preset, args.data = "trm-sudoku-cpu", "trm-sudoku-cpu", ""
         args.bench_steps, args.bench_warmup = 2, 1

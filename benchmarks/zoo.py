@@ -4,7 +4,7 @@
     python benchmarks/zoo.py report runs/zoo --record records/zoo-cpu
 
 `run` trains `<family>-sudoku-cpu` for each family into `OUT/<family>/seed<k>` with
-`train.max_minutes=MINUTES` (training time; data generation and evaluation come on
+`train.budget_minutes=MINUTES` (training time; data generation and evaluation come on
 top) and `train.seed=k`; a folder that already holds results is skipped, so an
 interrupted comparison continues where it stopped. `report` reads those folders and
 writes a Markdown table (test exact accuracy, mean and sample std over seeds; batches
@@ -36,7 +36,7 @@ def run(out: Path, minutes: float, seeds: list[int], families: list[str]) -> Non
             if folder.exists():
                 shutil.rmtree(folder)  # an interrupted time-bound run cannot be resumed exactly: start it again
             print(f"== {family} seed {seed}", flush=True)
-            api.train([f"train.max_minutes={minutes}", f"train.seed={seed}"], preset=f"{family}-sudoku-cpu", out=str(folder))
+            api.train([f"train.budget_minutes={minutes}", f"train.seed={seed}"], preset=f"{family}-sudoku-cpu", out=str(folder))
 
 
 def collect(root: Path) -> dict[str, list[dict]]:

@@ -34,7 +34,7 @@ from ponder.train.loop import train as train_loop
 
 # What a resumed run may change: how long and where it runs, not what it computes.
 RESUMABLE_KEYS = (
-    "train.steps", "train.max_minutes", "train.eval_every", "train.checkpoint_every", "train.checkpoint_minutes",
+    "train.steps", "train.max_minutes", "train.budget_minutes", "train.eval_every", "train.checkpoint_every", "train.checkpoint_minutes",
     "train.log_every", "train.threads", "train.device", "train.compile", "train.peak_tflops",
 )
 

@@ -80,6 +80,7 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps... shrink: batches of up to max_segments segments (one update each); refill: single segments
     batching: str = "auto"  # shrink (halted rows leave the batch), refill (halted rows get the next example; fixed shapes), auto: refill on CUDA
     max_minutes: float = 0.0  # stop this invocation after this much training time, checkpoint, skip the test (0: no limit); --resume continues
+    budget_minutes: float = 0.0  # end the run (validate, checkpoint, test) once its training time over all invocations reaches this (0: none); not exactly repeatable
     batch_size: int = 128  # global: split over the ranks of a torchrun launch
     max_segments: int = 8  # deep-supervision segments per example in training
     eval_segments: int = 16  # segments run at evaluation (can exceed training)
@@ -241,6 +242,7 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("train.lr", cfg.train.lr > 0, "> 0"),
         ("train.puzzle_lr", cfg.train.puzzle_lr > 0, "> 0"),
         ("train.max_minutes", cfg.train.max_minutes >= 0, ">= 0"),
+        ("train.budget_minutes", cfg.train.budget_minutes >= 0, ">= 0"),
         ("train.ema", 0 <= cfg.train.ema < 1, "in [0, 1)"),
         ("train.eval_every", cfg.train.eval_every >= 1, ">= 1"),
         ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, ">= 1"),

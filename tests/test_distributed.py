@@ -10,9 +10,9 @@ import sys
 import time
 
 import pytest
-from safetensors import safe_open
 
 from conftest import TINY
+from test_resume import checkpoint_step
 
 ARGS = TINY + [
     "train.steps=20", "train.max_segments=3", "train.batching=refill", "train.dtype=float64", "train.threads=1",
@@ -56,14 +56,6 @@ def test_two_ranks_equal_one_process(single, tmp_path):
     assert done.stdout.count("test split") == 1  # rank 0 alone speaks
     start = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert start["world"] == 2 and start["batching"] == "refill"
-
-
-def checkpoint_step(run):
-    try:
-        with safe_open(str(run / "checkpoint.safetensors"), framework="pt") as f:
-            return json.loads(f.metadata()["ponder"])["step"]
-    except Exception:
-        return 0
 
 
 def children(pid: int) -> list[int]:

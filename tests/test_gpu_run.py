@@ -11,7 +11,7 @@ from conftest import ROOT
 
 def call(run, out):
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_run.py"), "--tiny", "--minutes", "0.3", "--run", str(run), "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_run.py"), "--tiny", "--minutes", "0.2", "--run", str(run), "--out", str(out)],
         capture_output=True, text=True, cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

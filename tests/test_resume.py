@@ -49,3 +49,22 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, ponder_cmd, batching
     subprocess.run(ponder_cmd + ["train", "--resume", str(killed)], check=True, capture_output=True)
     assert logged(killed) == logged(full)
     assert not list(killed.glob("*.tmp"))
+
+
+def test_sigterm_checkpoints_and_stops_cleanly(tmp_path, ponder_cmd):
+    """What a scheduler sends before it takes the machine: the run finishes its step,
+    checkpoints, logs a stop line, skips the test, exits 0; --resume finishes it."""
+    run = tmp_path / "run"
+    args = [a for a in ARGS if not a.startswith("train.steps")] + ["train.steps=4000"]
+    proc = subprocess.Popen(ponder_cmd + ["train", "--out", str(run), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 120
+    while checkpoint_step(run) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopped by a signal" in out
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["event"] == "stop" and lines[-1]["stopped"] == "signal"
+    assert checkpoint_step(run) == lines[-1]["step"] and not (run / "results.json").exists()
+    subprocess.run(ponder_cmd + ["train", "--resume", str(run), "train.steps=" + str(lines[-1]["step"] + 2)], check=True, capture_output=True)
+    assert (run / "results.json").exists()

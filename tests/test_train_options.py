@@ -51,3 +51,13 @@ def test_time_budget_stops_checkpoints_and_resumes(tmp_path):
     assert final["step"] == 12 and "exact_accuracy" in final
     events = [json.loads(line)["event"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert "stop" not in events and events[-1] == "test"
+
+
+def test_time_budget_ends_the_run_with_a_test(tmp_path):
+    """train.budget_minutes: training time over the whole run; when it is spent the run
+    validates, checkpoints and tests as at its last step."""
+    run = tmp_path / "run"
+    result = api.train(TINY + ["train.steps=100000", "train.budget_minutes=0.0001"], out=str(run), progress=False)
+    assert 1 <= result["step"] < 100000 and "exact_accuracy" in result
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in log[-2:]] == ["val", "test"] and log[-2]["step"] == result["step"]

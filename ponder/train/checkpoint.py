@@ -173,9 +173,10 @@ def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], pref
         raise PonderInputError(f"{path}: checkpoint weights do not match the model in its config ({first})") from None
 
 
-def restore(path: Path, model, ema, optimizer) -> dict[str, Any]:
-    """Load a full training state in place; returns the metadata."""
-    tensors, meta = read_checkpoint(path)
+def restore(path: Path, model, ema, optimizer, loaded: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Load a full training state in place; returns the metadata. `loaded`: what
+    `read_checkpoint(path)` returned, when the caller has read it already."""
+    tensors, meta = loaded if loaded is not None else read_checkpoint(path)
     load_weights(model, tensors, "model.", path)
     if ema is not None:
         load_weights(ema.model, tensors, "ema.", path)

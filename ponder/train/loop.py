@@ -29,7 +29,8 @@ writes the run folder (`ponder.run_folder`).
 
 A run stops cleanly at `train.max_minutes` of this invocation's training time or on
 SIGTERM: it checkpoints, logs a "stop" line, skips the final test, and `ponder train
---resume RUN` continues it.
+--resume RUN` continues it. `train.budget_minutes` instead ends the run (validation,
+checkpoint, test) once its training time over all invocations reaches the budget.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from ponder.run_folder import CHECKPOINT, CONFIG, METRICS, RESULTS, RunLog, envi
 from ponder.tasks import Split, load_task, scorer
 from ponder.train.carry import Carry
 from ponder.train.checkpoint import read_checkpoint, restore, save_checkpoint
-from ponder.train.distributed import Dist, launched
+from ponder.train.distributed import Dist
 from ponder.train.ema import EMA
 from ponder.train.losses import answer_correct, segment_token_loss
 from ponder.train.optim import build_optimizer, build_puzzle_optimizer, lr_at
@@ -154,8 +155,9 @@ class Trainer:
         self.ckpt_path = out_dir / CHECKPOINT
         # Checks that need no other rank and write nothing come first, so every rank of a
         # launch fails the same way.
+        loaded = None
         if resume:
-            read_checkpoint(self.ckpt_path)  # fail on a missing or corrupt checkpoint before any work
+            loaded = read_checkpoint(self.ckpt_path)  # fail on a missing or corrupt checkpoint before any work
         elif out_dir.exists() and any(out_dir.iterdir()):
             raise PonderInputError(f"{out_dir}: folder exists and is not empty; use --resume {out_dir} or another --out")
         self.dist = Dist.from_environment(tc.device)
@@ -164,18 +166,19 @@ class Trainer:
         self.progress = progress and self.main
         self.quiet = quiet or not self.main
         self.batching = resolve_batching(tc.batching, self.device)
+        if loaded is not None and loaded[1].get("batching", self.batching) != self.batching:
+            # train.batching=auto resumed on another kind of device: a step must keep its meaning
+            self.batching = loaded[1]["batching"]
         self.check_launch()
         self.t0 = time.time()
         self.setup_data()
         self.setup_model()
         self.setup_optimizer()
         self.start, self.prior_seconds = 0, 0.0
-        tensors = None
-        if resume:
-            tensors, meta = read_checkpoint(self.ckpt_path)
-            meta = restore(self.ckpt_path, self.model, self.ema, self.optimizer)
+        if loaded is not None:
+            meta = restore(self.ckpt_path, self.model, self.ema, self.optimizer, loaded=loaded)
             self.start, self.prior_seconds = int(meta["step"]), float(meta.get("train_seconds", 0.0))
-        self.setup_batching(tensors)
+        self.setup_batching(None if loaded is None else loaded[0])
         self.meter = Meter(self.device)
         self.stop_reason: str | None = None
 
@@ -400,17 +403,18 @@ class Trainer:
                     self.train_batch(step)
                 done = step + 1
                 stop = self.stop_requested(done)
-                if done % tc.log_every == 0 or done == tc.steps or stop:
+                last = done == tc.steps or (not stop and self.budget_spent(done))  # the run ends here: validate and test
+                if done % tc.log_every == 0 or last or stop:
                     record = self.write_train(done, lr)
                     if bar is not None:
                         bar.set_postfix(self.postfix(record, last_val), refresh=False)
-                if done % tc.eval_every == 0 or done == tc.steps:
+                if done % tc.eval_every == 0 or last:
                     last_val = self.validate(done)
-                if done % tc.checkpoint_every == 0 or done == tc.steps or stop or self.checkpoint_due(done):
+                if done % tc.checkpoint_every == 0 or last or stop or self.checkpoint_due(done):
                     self.save(done)
                 if bar is not None:
                     bar.update(1)
-                if stop:
+                if stop or last:
                     break
         if bar is not None:
             bar.close()
@@ -524,6 +528,17 @@ class Trainer:
             self.stop_reason = "signal"
         return agreed
 
+    def budget_spent(self, step: int) -> bool:
+        """The run's training time over all its invocations reached `train.budget_minutes`
+        (agreed over ranks at logging steps)."""
+        tc = self.tc
+        if tc.budget_minutes <= 0:
+            return False
+        spent = self.train_seconds() >= 60 * tc.budget_minutes
+        if self.dist.world == 1:
+            return spent
+        return step % tc.log_every == 0 and self.dist.any(spent)
+
     def checkpoint_due(self, step: int) -> bool:
         tc = self.tc
         if tc.checkpoint_minutes <= 0:
@@ -559,4 +574,4 @@ class Trainer:
         self.dist.close()
 
 
-__all__ = ["Trainer", "launched", "train"]
+__all__ = ["Meter", "Trainer", "process_settings", "train"]

@@ -5,8 +5,9 @@ unknown section or key, or a value of the wrong type, raises `PonderInputError` 
 it. Presets are YAML files in the package's `presets/` folder; `ponder presets` lists them.
 
 This module depends on nothing else in ponder but its error type: the names that other
-modules own (model families, tasks, solvers) are checked against their registries by
-`ponder.registry.check_names`, so no list of them is repeated here.
+modules own (model families, halting rules, gradient modes, tasks, solvers) are checked
+against their registries by `ponder.registry.check_names`, so no list of them is
+repeated here.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class TaskConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000  # optimizer steps... shrink: batches of up to max_segments segments (one update each); refill: single segments
+    steps: int = 1000  # shrink: batches of up to max_segments segments (an update after each); refill: single segments of the batch (one update each)
     batching: str = "auto"  # shrink (halted rows leave the batch), refill (halted rows get the next example; fixed shapes), auto: refill on CUDA
     max_minutes: float = 0.0  # stop this invocation after this much training time, checkpoint, skip the test (0: no limit); --resume continues
     budget_minutes: float = 0.0  # end the run (validate, checkpoint, test) once its training time over all invocations reaches this (0: none); not exactly repeatable
@@ -128,9 +129,6 @@ class RunConfig:
 
 
 _CHOICES = {
-    ("model", "halting"): ("none", "bce", "act_q"),
-    ("model", "loop_halting"): ("act", "pondernet", "none"),
-    ("model", "grad_mode"): ("auto", "full", "last_cycle", "one_step", "truncated"),
     ("model", "mixer"): ("attention", "mlp"),
     ("model", "attention_mask"): ("none", "task"),
     ("train", "optimizer"): ("adamatan2", "adamw"),

@@ -1,6 +1,6 @@
 """The names a config may use, read from the registries that own them (model families,
-tasks, fixed-point solvers and their gradients), so no list is repeated in
-`ponder.config`."""
+halting rules, gradient modes, tasks, fixed-point solvers and their gradients), so no
+list is repeated in `ponder.config`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ from ponder.errors import PonderInputError
 def name_choices() -> dict[str, tuple[str, ...]]:
     """config key -> the names its registry holds."""
     from ponder.models import REGISTRY
-    from ponder.solvers import BACKWARDS, METHODS
+    from ponder.models.halting import LOOP_HALTING, SEGMENT_HALTING
+    from ponder.solvers import BACKWARDS, GRAD_MODES, METHODS
     from ponder.tasks.builders import BUILDERS
 
     return {
         "model.family": tuple(REGISTRY),
+        "model.halting": tuple(SEGMENT_HALTING),
+        "model.loop_halting": tuple(LOOP_HALTING),
+        "model.grad_mode": ("auto", *GRAD_MODES),  # auto: the family's own
         "model.solver": tuple(METHODS),
         "model.solver_backward": tuple(BACKWARDS),
         "task.name": tuple(BUILDERS),

@@ -30,8 +30,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-SEGMENT_RULES = ("none", "bce", "act_q")
-LOOP_RULES = ("act", "pondernet", "none")
 ACT_EPS = 0.01
 
 

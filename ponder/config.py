@@ -36,13 +36,15 @@ class ModelConfig:
     mlp_multiple: int = 16  # SwiGLU inner width rounded up to this (HRM/TRM papers: 256)
     mlp_conv: int = 0  # kernel of a depthwise convolution inside the SwiGLU (URM: 2); 0 = none
     mixer: str = "attention"  # "attention" or "mlp" (sequence-axis MLP mixer)
-    rope: bool = True  # rotary positions for attention; learned positions otherwise
+    positions: str = "auto"  # rope, learned (added as 0.707 (x + pos)) or none; auto: rope with attention, learned with the sequence MLP
     attention_mask: str = "none"  # "none" (all pairs) or "task" (the task's structure, e.g. Sudoku peers)
     latent_steps: int = 2  # inner steps per cycle: TRM n (z updates), HRM L_cycles
     cycles: int = 2  # per segment: TRM T cycles, HRM H_cycles, looped most loop steps K, depthrec mean iterations
     grad_mode: str = "auto"  # which calls carry gradient: auto (the family's own), full, last_cycle, one_step, truncated
     truncate_steps: int = 1  # with grad_mode=truncated: the last K network calls carry gradient
     halting: str = "bce"  # none (fixed segments), bce (TRM: "is my answer right?"), act_q (HRM: Q-learning)
+    halt_readout: str = "auto"  # what the halting head reads: pooled (bce: least sure position, act_q: mean), first (position 0); auto: first with a prefix
+    puzzle_prefix: int = 0  # HRM/TRM's prefix positions in front of the tokens, the first holding the puzzle (or one shared learned) vector; 0: none
     loop_halting: str = "act"  # looped: per-position halting inside a segment: act, pondernet or none
     ponder_cost: float = 0.01  # looped: weight of ACT's ponder cost N + R, or of PonderNet's KL to its prior
     pondernet_prior: float = 0.2  # looped: rate of PonderNet's geometric prior over steps
@@ -96,6 +98,8 @@ class TrainConfig:
     puzzle_lr: float = 1e-2  # sign-SGD learning rate of the puzzle-identifier table (same warmup/decay schedule)
     puzzle_weight_decay: float = 0.1  # applied to the table's rows in each batch
     ema: float = 0.999  # EMA decay of the weights used for evaluation; 0 disables
+    ema_ramp: bool = True  # the decay ramps up as min(ema, (1 + t) / (10 + t)) over the first updates; false: constant (the TRM code)
+    decay_vectors: bool = False  # weight decay on 1-D parameters (biases, vectors) too, as the HRM/TRM code does; false: matrices only
     loss: str = "ce"  # "ce" or "stablemax"
     halt_loss_weight: float = 0.5
     halt_explore_prob: float = 0.1  # chance an example gets a random minimum segment count
@@ -130,6 +134,7 @@ class RunConfig:
 
 _CHOICES = {
     ("model", "mixer"): ("attention", "mlp"),
+    ("model", "positions"): ("auto", "rope", "learned", "none"),
     ("model", "attention_mask"): ("none", "task"),
     ("train", "optimizer"): ("adamatan2", "adamw"),
     ("train", "lr_schedule"): ("cosine", "constant"),
@@ -184,6 +189,9 @@ def apply_values(cfg: RunConfig, values: dict[str, Any], source: str) -> RunConf
                 flat[f"{k}.{kk}"] = vv
         else:
             flat[k] = v
+    if "model.rope" in flat:  # the key before model.positions, as run folders written then hold it
+        rope = _coerce(flat.pop("model.rope"), bool, "model.rope")
+        flat.setdefault("model.positions", "auto" if rope else "learned")
     if "task.name" in flat and str(flat["task.name"]) != cfg.task.name:
         cfg.task = TaskConfig()  # another task: the earlier layers' task keys were meant for the old one
     for dotted, value in flat.items():
@@ -217,6 +225,7 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("model.latent_steps", cfg.model.latent_steps >= 1, ">= 1"),
         ("model.cycles", cfg.model.cycles >= 1, ">= 1"),
         ("model.truncate_steps", cfg.model.truncate_steps >= 1, ">= 1"),
+        ("model.puzzle_prefix", cfg.model.puzzle_prefix >= 0, ">= 0"),
         ("model.score_dt", 0 <= cfg.model.score_dt < 1, "in [0, 1)"),
         ("model.ponder_cost", cfg.model.ponder_cost >= 0, ">= 0"),
         ("model.iteration_sigma", cfg.model.iteration_sigma >= 0, ">= 0"),

@@ -11,7 +11,7 @@ from ponder.errors import PonderInputError
 def name_choices() -> dict[str, tuple[str, ...]]:
     """config key -> the names its registry holds."""
     from ponder.models import REGISTRY
-    from ponder.models.halting import LOOP_HALTING, SEGMENT_HALTING
+    from ponder.models.halting import LOOP_HALTING, READOUTS, SEGMENT_HALTING
     from ponder.solvers import BACKWARDS, GRAD_MODES, METHODS
     from ponder.tasks.builders import BUILDERS
 
@@ -19,6 +19,7 @@ def name_choices() -> dict[str, tuple[str, ...]]:
         "model.family": tuple(REGISTRY),
         "model.halting": tuple(SEGMENT_HALTING),
         "model.loop_halting": tuple(LOOP_HALTING),
+        "model.halt_readout": READOUTS,
         "model.grad_mode": ("auto", *GRAD_MODES),  # auto: the family's own
         "model.solver": tuple(METHODS),
         "model.solver_backward": tuple(BACKWARDS),

@@ -107,3 +107,46 @@ def test_swiglu_depthwise_conv_matches_reference():
     ga = torch.autograd.grad(fast, [x, mlp.conv.weight], g)
     gb = torch.autograd.grad(ref, [x, mlp.conv.weight], g)
     assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(ga, gb))
+
+
+def test_truncated_normal_has_the_asked_std_and_bounds():
+    from ponder.nn.blocks import truncated_normal_
+
+    torch.manual_seed(0)
+    x = truncated_normal_(torch.empty(200_000, dtype=torch.float64), std=0.5)
+    assert abs(float(x.std()) - 0.5) < 0.01 and abs(float(x.mean())) < 0.01
+    cut = 2 * 0.5 / math.sqrt(1 - 2 * 2 * math.exp(-2) / math.sqrt(2 * math.pi) / math.erf(2 / math.sqrt(2)))
+    assert float(x.abs().max()) <= cut + 1e-12 and float(x.abs().max()) > 0.95 * cut
+
+
+def test_prefix_positions_hold_the_puzzle_vector():
+    """HRM/TRM's layout: P positions in front, the first holding the (shared or per-puzzle)
+    vector, the rest zeros; learned positions as 0.707 (x + pos); all times sqrt(D)."""
+    from ponder.nn.blocks import LEARNED_POSITION_SCALE, InputEmbedding
+
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 10, (2, 5))
+    emb = InputEmbedding(vocab=10, dim=8, seq_len=5, learned_positions=False, prefix=3)
+    torch.nn.init.normal_(emb.shared)
+    x = emb(tokens)
+    assert x.shape == (2, 8, 8)
+    assert torch.allclose(x[:, 0], emb.shared * emb.scale) and torch.equal(x[:, 1:3], torch.zeros(2, 2, 8))
+    assert torch.allclose(x[:, 3:], emb.tokens(tokens) * emb.scale)
+    table = InputEmbedding(vocab=10, dim=8, seq_len=5, learned_positions=True, num_puzzles=4, prefix=2)
+    torch.nn.init.normal_(table.puzzles.weight)
+    y = table(tokens, torch.tensor([1, 3]))
+    front = torch.stack([table.puzzles.weight[[1, 3]], torch.zeros(2, 8)], dim=1)
+    want = LEARNED_POSITION_SCALE * (torch.cat([front, table.tokens(tokens)], dim=1) + table.positions) * table.scale
+    assert torch.allclose(y, want, atol=1e-6)
+
+
+def test_sequence_mlp_block_normalises_over_the_sequence():
+    from ponder.nn.blocks import Block
+
+    torch.manual_seed(0)
+    block = Block(8, 2, 2.0, "mlp", 6, None).double()
+    h = torch.randn(2, 6, 8, dtype=torch.float64)
+    mixed = h + block.mix(h)  # (B, L, D)
+    after_mix = mixed / torch.sqrt((mixed**2).mean(dim=1, keepdim=True) + 1e-5)  # over L
+    want = block.norm2(after_mix + block.mlp(after_mix))
+    assert torch.allclose(block(h), want, atol=1e-12)

@@ -23,7 +23,7 @@ def test_adam_atan2_matches_scalar_reference():
             v[i] = 0.95 * v[i] + 0.05 * g * g
             ref[i] *= 1 - 0.01 * 0.1
             mh, vh = m[i] / (1 - 0.9**t), v[i] / (1 - 0.95**t)
-            ref[i] -= 0.01 * 1.27 * math.atan2(mh, math.sqrt(vh))
+            ref[i] -= 0.01 * math.atan2(mh, math.sqrt(vh))  # a = 1, as the HRM/TRM optimizer kernel
     assert torch.allclose(p.detach(), torch.tensor(ref, dtype=torch.float64), atol=1e-12)
 
 
@@ -136,7 +136,7 @@ def test_adam_atan2_foreach_equals_per_parameter_reference():
             m[i].lerp_(g, 0.1)
             v[i].lerp_(g.square(), 0.05)
             p.mul_(1 - 0.02 * 0.1)
-            p.add_(torch.atan2(m[i] / (1 - 0.9 ** t[i]), (v[i] / (1 - 0.95 ** t[i])).sqrt()), alpha=-0.02 * 1.27)
+            p.add_(torch.atan2(m[i] / (1 - 0.9 ** t[i]), (v[i] / (1 - 0.95 ** t[i])).sqrt()), alpha=-0.02)
     for a, b in zip(fast, slow):
         assert torch.allclose(a.detach(), b, rtol=0, atol=1e-14), float((a.detach() - b).abs().max())
 
@@ -157,3 +157,27 @@ def test_ema_follows_definition():
         shadow = [s + (1 - decay) * (p.detach() - s) for s, p in zip(shadow, model.parameters())]
     for a, b in zip(ema.model.parameters(), shadow):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_ema_without_ramp_is_constant_decay():
+    """The TRM code's EMA: shadow = 0.999 shadow + 0.001 weights from the first update."""
+    from ponder.train.ema import EMA
+
+    model = torch.nn.Linear(2, 1)
+    ema = EMA(model, 0.9, ramp=False)
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    for a, s in zip(ema.model.parameters(), start):
+        assert torch.allclose(a, s + 0.1 * 1.0)
+
+
+def test_decay_vectors_puts_every_parameter_in_the_decayed_group():
+    from ponder.train.optim import build_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    assert [len(g["params"]) for g in build_optimizer(model, TrainConfig()).param_groups] == [1, 1]
+    groups = build_optimizer(model, TrainConfig(decay_vectors=True)).param_groups
+    assert len(groups[0]["params"]) == 2 and groups[0]["weight_decay"] > 0 and not groups[1]["params"]

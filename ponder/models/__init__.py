@@ -45,13 +45,15 @@ def build_model(cfg: ModelConfig, vocab: int, seq_len: int, task_mask: torch.Ten
         layers=cfg.layers,
         expansion=cfg.expansion,
         mixer=cfg.mixer,
-        rope=cfg.rope,
+        positions=cfg.positions,
         grad_mode=own_grad_mode if cfg.grad_mode == "auto" else cfg.grad_mode,
         truncate_steps=cfg.truncate_steps,
         mlp_multiple=cfg.mlp_multiple,
         mlp_conv=cfg.mlp_conv,
         attention_mask=task_mask if cfg.attention_mask == "task" else None,
         halting=cfg.halting,
+        halt_readout=cfg.halt_readout,
+        puzzle_prefix=cfg.puzzle_prefix,
         num_puzzles=num_puzzles if cfg.puzzle_embedding else 0,
     )
 

@@ -17,10 +17,10 @@ import torch
 import torch.nn as nn
 
 from ponder.models.halting import segment_halting
-from ponder.nn.blocks import InputEmbedding, Stack
+from ponder.nn.blocks import POSITIONS, InputEmbedding, Stack, linear, truncated_normal_
 from ponder.solvers import grad_steps, run_schedule
 
-State = tuple[torch.Tensor, ...]  # each (B, L, D)
+State = tuple[torch.Tensor, ...]  # each (B, P + L, D): P prefix positions (usually 0), L tokens
 
 
 @dataclass
@@ -50,7 +50,7 @@ class RecurrentModel(nn.Module):
         layers: int = 2,
         expansion: float = 4.0,
         mixer: str = "attention",
-        rope: bool = True,
+        positions: str = "auto",
         mlp_multiple: int = 16,
         mlp_conv: int = 0,
         attention_mask: torch.Tensor | None = None,
@@ -58,22 +58,41 @@ class RecurrentModel(nn.Module):
         grad_mode: str = "full",
         truncate_steps: int = 1,
         halting: str = "bce",
+        halt_readout: str = "auto",
+        puzzle_prefix: int = 0,
         calls_per_cycle: int = 1,
     ):
+        """`positions`: rope, learned or none (auto: rope with attention, learned with the
+        sequence MLP). `puzzle_prefix`: P extra positions in front of the L tokens, the
+        first holding the puzzle vector (`InputEmbedding`); the state then has P + L
+        positions and the answer head reads the last L. `halt_readout`: see
+        `ponder.models.halting` (auto: first with a prefix, else pooled)."""
         super().__init__()
         grad_steps(grad_mode, calls_per_cycle, calls_per_cycle, truncate_steps)  # validate early
+        if positions == "auto":
+            positions = "rope" if mixer == "attention" else "learned"
+        if positions not in POSITIONS or (positions == "rope" and mixer != "attention"):
+            raise ValueError(f"positions: expected rope (with attention), learned or none, got {positions!r} with mixer {mixer!r}")
+        if puzzle_prefix < 0:
+            raise ValueError(f"puzzle_prefix must be >= 0, got {puzzle_prefix}")
         self.vocab, self.seq_len, self.hidden = vocab, seq_len, hidden
+        self.prefix = puzzle_prefix
         self.grad_mode = grad_mode
         self.truncate_steps = truncate_steps
         self.halting = halting
+        self.halt_readout = ("first" if puzzle_prefix else "pooled") if halt_readout == "auto" else halt_readout
         self.calls_per_cycle = calls_per_cycle
         self.calls_per_segment: int  # network calls in one segment (set by the family)
-        use_rope = rope and mixer == "attention"
+        width = puzzle_prefix + seq_len  # positions the networks see
+        if attention_mask is not None and puzzle_prefix:  # prefix positions see, and are seen by, every position
+            full = torch.ones(width, width, dtype=torch.bool)
+            full[puzzle_prefix:, puzzle_prefix:] = attention_mask
+            attention_mask = full
         self.stack_args = dict(
-            dim=hidden, heads=heads, layers=layers, expansion=expansion, mixer=mixer, seq_len=seq_len,
-            rope=use_rope, mask=attention_mask, mlp_multiple=mlp_multiple, mlp_conv=mlp_conv,
+            dim=hidden, heads=heads, layers=layers, expansion=expansion, mixer=mixer, seq_len=width,
+            rope=positions == "rope", mask=attention_mask, mlp_multiple=mlp_multiple, mlp_conv=mlp_conv,
         )
-        self.embed = InputEmbedding(vocab, hidden, seq_len, learned_positions=not use_rope, num_puzzles=num_puzzles)
+        self.embed = InputEmbedding(vocab, hidden, seq_len, learned_positions=positions == "learned", num_puzzles=num_puzzles, prefix=puzzle_prefix)
 
     def make_stack(self) -> Stack:
         """A new network of `layers` blocks with the shared architecture arguments."""
@@ -81,13 +100,14 @@ class RecurrentModel(nn.Module):
 
     def add_heads(self, latents: int) -> None:
         hidden = self.hidden
-        self.head = nn.Linear(hidden, self.vocab, bias=False)
-        self.halt_head = segment_halting(self.halting, hidden)  # the halting rule: its head, loss and stop decision
+        self.head = linear(hidden, self.vocab)
+        self.halt_head = segment_halting(self.halting, hidden, self.halt_readout)  # the halting rule: its head, loss and stop decision
         # Fixed (not learned) initial latents: one vector per latent, broadcast over positions.
-        self.register_buffer("latent_init", torch.stack([torch.randn(hidden) for _ in range(latents)]))
+        self.register_buffer("latent_init", torch.stack([truncated_normal_(torch.empty(hidden), 1.0) for _ in range(latents)]))
 
     def init_state(self, batch: int, seq_len: int) -> State:
-        return tuple(v.expand(batch, seq_len, -1).clone() for v in self.latent_init)
+        """The initial latents for `batch` examples of `seq_len` tokens (plus the prefix)."""
+        return tuple(v.expand(batch, self.prefix + seq_len, -1).clone() for v in self.latent_init)
 
     def schedule(self, x: torch.Tensor) -> list[Callable[[State], State]]:
         raise NotImplementedError
@@ -101,9 +121,9 @@ class RecurrentModel(nn.Module):
         return self.heads(state)
 
     def advance(self, tokens: torch.Tensor, state: State | None, puzzle_ids: torch.Tensor | None) -> tuple[torch.Tensor, State]:
-        """Embed (B, L) tokens and run the family's schedule once: (x (B, L, D), new state)."""
+        """Embed (B, L) tokens and run the family's schedule once: (x (B, P + L, D), new state)."""
         B, L = tokens.shape
-        x = self.embed(tokens, puzzle_ids)  # (B, L, D)
+        x = self.embed(tokens, puzzle_ids)  # (B, P + L, D)
         if state is None:
             state = self.init_state(B, L)
         calls = self.schedule(x)
@@ -112,6 +132,7 @@ class RecurrentModel(nn.Module):
 
     def heads(self, state: State, aux_loss: torch.Tensor | None = None) -> SegmentOutput:
         """Answer and halting heads on the state after a segment."""
-        y = self.readout(state)  # (B, L, D)
-        halt_logits, q_logits = self.halt_head.logits(y)  # (B,), (B, 2) or None
-        return SegmentOutput(state=state, logits=self.head(y), halt_logits=halt_logits, q_logits=q_logits, aux_loss=aux_loss)
+        y = self.readout(state)  # (B, P + L, D)
+        halt_logits, q_logits = self.halt_head.logits(y, self.prefix)  # (B,), (B, 2) or None
+        logits = self.head(y[:, self.prefix :])  # (B, L, V): the answer positions
+        return SegmentOutput(state=state, logits=logits, halt_logits=halt_logits, q_logits=q_logits, aux_loss=aux_loss)

@@ -152,7 +152,7 @@ def _segment(cfg: ModelConfig, vocab: int, seq_len: int, random_depth: bool, gra
     if cfg.family not in REGISTRY:
         raise ValueError(f"family: expected one of {', '.join(REGISTRY)}, got {cfg.family!r}")
     mode = REGISTRY[cfg.family][1] if cfg.grad_mode == "auto" else cfg.grad_mode
-    L, D = seq_len, cfg.hidden
+    L, D = seq_len + cfg.puzzle_prefix, cfg.hidden  # the networks see the prefix positions too
     net = network_call(cfg, L)
     t = _Tally()
 
@@ -199,12 +199,15 @@ def _segment(cfg: ModelConfig, vocab: int, seq_len: int, random_depth: bool, gra
                 t.adjoint = n * net.input_vjp + solver_updates(cfg.solver, n, L * D)
 
     once = 1 if grad else 0
-    answer = _Cost(2 * L * D * vocab)  # every position: D -> vocab
+    answer = _Cost(2 * seq_len * D * vocab)  # every answer position: D -> vocab
     pondernet = cfg.family == "looped" and cfg.loop_halting == "pondernet"
     t.run(answer, 1, 0 if pondernet else once)
     if pondernet:  # the answer head on all K step states (step_logits)
         t.run(answer, cfg.cycles, cfg.cycles * once)
-    halt = _Cost(4 * D if cfg.halting == "act_q" else 2 * L * D)  # pooled state D -> 2, or every position D -> 1
+    readout = cfg.halt_readout if cfg.halt_readout != "auto" else ("first" if cfg.puzzle_prefix else "pooled")
+    outputs = 2 if cfg.halting == "act_q" else 1
+    # one vector (position 0, or act_q's mean state) -> outputs, or (bce pooled) every answer position -> 1
+    halt = _Cost(2 * D * outputs if (readout == "first" or cfg.halting == "act_q") else 2 * seq_len * D)
     t.run(halt, 1, once if cfg.halting != "none" else 0)
     return t
 

@@ -20,6 +20,11 @@ Inside one segment (`model.loop_halting`, the looped family), over its K loop st
 
 The heads start at "never halt" (weight 0, bias -5 between segments; bias -1 inside a
 segment), as HRM/TRM do, so early training explores every segment.
+
+What a head between segments reads (`model.halt_readout`): `pooled`, the rule's own
+pooling over the answer positions (bce: the least sure position; act_q: the mean state),
+or `first`, the state at position 0, a prefix position that holds the puzzle vector (as
+the HRM/TRM code reads it); `auto` is `first` when the model has prefix positions.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ ACT_EPS = 0.01
 
 # ----------------------------------------------------------------- between segments
 
+READOUTS = ("auto", "pooled", "first")
+
+
 class SegmentHalting(nn.Linear):
     """A halting rule between segments. It is its own head (`nn.Linear`, so a
     checkpoint's `halt_head.weight` / `halt_head.bias` name it)."""
@@ -43,14 +51,25 @@ class SegmentHalting(nn.Linear):
     outputs = 1
     bootstraps = False  # True: `loss` needs the next segment's output
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, readout: str = "pooled"):
+        if readout not in ("pooled", "first"):
+            raise ValueError(f"halt_readout: expected pooled or first, got {readout!r}")
         super().__init__(hidden, self.outputs)
         nn.init.zeros_(self.weight)
         nn.init.constant_(self.bias, -5.0)
+        self.readout = readout
 
-    def logits(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """y (B, L, D) -> halting logits (B,) (> 0 means stop) and any Q-values (B, 2)."""
+    def logits(self, y: torch.Tensor, prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """y (B, P + L, D), the first `prefix` positions being prefix positions ->
+        halting logits (B,) (> 0 means stop) and any Q-values (B, 2)."""
         raise NotImplementedError
+
+    def position_logit(self, y: torch.Tensor, prefix: int) -> torch.Tensor:
+        """(B,): the logit at position 0, or the least sure answer position's: the whole
+        answer is right only if every position is."""
+        if self.readout == "first":
+            return self.forward(y[:, 0]).squeeze(-1)
+        return self.forward(y[:, prefix:]).squeeze(-1).amin(dim=1)  # (B, L) -> (B,)
 
     def loss(self, halt_logits: torch.Tensor, q_logits: torch.Tensor | None, correct: torch.Tensor,
              next_q: Callable[[], torch.Tensor] | None = None, is_last: bool = False) -> torch.Tensor:
@@ -68,12 +87,12 @@ class NoHalting(SegmentHalting):
 
     name = "none"
 
-    def __init__(self, hidden: int):
-        super().__init__(hidden)
+    def __init__(self, hidden: int, readout: str = "pooled"):
+        super().__init__(hidden, readout)
         self.requires_grad_(False)
 
-    def logits(self, y):
-        return self.forward(y).squeeze(-1).amin(dim=1), None  # (B, L) -> (B,)
+    def logits(self, y, prefix=0):
+        return self.position_logit(y, prefix), None
 
     def loss(self, halt_logits, q_logits, correct, next_q=None, is_last=False):
         return torch.zeros_like(correct, dtype=torch.float32)
@@ -88,8 +107,8 @@ class BCEHalting(SegmentHalting):
 
     name = "bce"
 
-    def logits(self, y):
-        return self.forward(y).squeeze(-1).amin(dim=1), None  # (B, L) -> (B,)
+    def logits(self, y, prefix=0):
+        return self.position_logit(y, prefix), None
 
     def loss(self, halt_logits, q_logits, correct, next_q=None, is_last=False):
         return F.binary_cross_entropy_with_logits(halt_logits.float(), correct.float(), reduction="none")
@@ -102,8 +121,8 @@ class ACTQHalting(SegmentHalting):
     outputs = 2
     bootstraps = True
 
-    def logits(self, y):
-        q = self.forward(y.mean(dim=1))  # (B, 2): halt, continue
+    def logits(self, y, prefix=0):
+        q = self.forward(y[:, 0] if self.readout == "first" else y.mean(dim=1))  # (B, 2): halt, continue
         return q[:, 0] - q[:, 1], q
 
     def loss(self, halt_logits, q_logits, correct, next_q=None, is_last=False):
@@ -130,10 +149,10 @@ def act_q_loss(q_logits: torch.Tensor, correct: torch.Tensor, next_q_logits: tor
 SEGMENT_HALTING: dict[str, type[SegmentHalting]] = {cls.name: cls for cls in (NoHalting, BCEHalting, ACTQHalting)}
 
 
-def segment_halting(name: str, hidden: int) -> SegmentHalting:
+def segment_halting(name: str, hidden: int, readout: str = "pooled") -> SegmentHalting:
     if name not in SEGMENT_HALTING:
         raise ValueError(f"halting: expected one of {', '.join(SEGMENT_HALTING)}, got {name!r}")
-    return SEGMENT_HALTING[name](hidden)
+    return SEGMENT_HALTING[name](hidden, readout)
 
 
 # ----------------------------------------------------------------- inside a segment

@@ -51,7 +51,7 @@ class LoopedTransformer(RecurrentModel):
 
     def forward(self, tokens: torch.Tensor, state: State | None = None, puzzle_ids: torch.Tensor | None = None) -> SegmentOutput:
         B, L = tokens.shape
-        x = self.embed(tokens, puzzle_ids)  # (B, L, D)
+        x = self.embed(tokens, puzzle_ids)  # (B, P + L, D)
         h = self.init_state(B, L)[0] if state is None else state[0]
         K = self.cycles
         first_grad = K - grad_steps(self.grad_mode, K, 1, self.truncate_steps)
@@ -64,8 +64,8 @@ class LoopedTransformer(RecurrentModel):
         y, aux_loss, step_probs = self.act_head.combine(states, probs)  # (B, L, D), (B,) or None, (K, B, L) or None
         out = self.heads((y,), aux_loss=aux_loss)
         if step_probs is not None:  # the token loss is the expected loss over the loop steps
-            out.step_logits = self.head(torch.stack(states))  # (K, B, L, V)
-            out.step_probs = step_probs
+            out.step_logits = self.head(torch.stack(states)[:, :, self.prefix :])  # (K, B, L, V)
+            out.step_probs = step_probs[:, :, self.prefix :]  # (K, B, L)
         return out
 
     def readout(self, state: State) -> torch.Tensor:

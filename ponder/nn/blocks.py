@@ -4,6 +4,11 @@ Shapes: B batch, L sequence length, D hidden size, H heads, Dh = D // H.
 Blocks are post-norm (`h = norm(h + f(h))`), as in HRM/TRM: with weights shared across
 many recurrent steps, post-norm keeps the state on a fixed scale however many times a
 block is applied.
+
+Initialisation follows the HRM/TRM code: every linear layer's weight is drawn from a
+normal truncated at two standard deviations and rescaled so that its standard deviation
+is exactly 1/sqrt(fan_in) (truncated LeCun normal), biases start at zero, embeddings use
+the same truncated normal with standard deviation 1/sqrt(D).
 """
 
 from __future__ import annotations
@@ -13,6 +18,34 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+POSITIONS = ("auto", "rope", "learned", "none")  # auto: rope with attention, learned with the sequence MLP
+LEARNED_POSITION_SCALE = 0.707106781  # 1/sqrt(2): (token + position) keeps the variance of one
+
+
+def truncated_normal_(tensor: torch.Tensor, std: float, bound: float = 2.0) -> torch.Tensor:
+    """Fill `tensor` with normal samples cut at +-`bound` standard deviations, scaled so
+    that the standard deviation of the result is `std` (not the smaller one that cutting
+    leaves, which is what `nn.init.trunc_normal_` gives; it also cuts at absolute, not
+    relative, bounds). Sampled by the inverse CDF of the cut distribution."""
+    root2 = math.sqrt(2.0)
+    density = math.exp(-bound * bound / 2) / math.sqrt(2 * math.pi)  # standard normal pdf at the cut
+    mass = math.erf(bound / root2)  # probability inside +-bound
+    cut_std = math.sqrt(1 - 2 * bound * density / mass)  # std of the standard normal cut at +-bound
+    with torch.no_grad():
+        if std == 0:
+            return tensor.zero_()
+        tensor.uniform_(-mass, mass).erfinv_().mul_(root2)  # standard normal cut at +-bound
+        return tensor.mul_(std / cut_std).clamp_(-bound * std / cut_std, bound * std / cut_std)
+
+
+def linear(in_features: int, out_features: int, bias: bool = False) -> nn.Linear:
+    """An `nn.Linear` with truncated LeCun-normal weights and zero bias."""
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    truncated_normal_(layer.weight, 1.0 / math.sqrt(in_features))
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
 
 
 class RMSNorm(nn.Module):
@@ -25,7 +58,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x = x.float()
+        x = x.to(torch.promote_types(dtype, torch.float32))  # at least float32; float64 stays
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.weight is not None:
             x = x * self.weight
@@ -44,8 +77,8 @@ class SwiGLU(nn.Module):
     def __init__(self, dim: int, expansion: float = 4.0, multiple: int = 16, conv: int = 0):
         super().__init__()
         inner = int(math.ceil(round(expansion * dim * 2 / 3) / multiple) * multiple)
-        self.gate_up = nn.Linear(dim, 2 * inner, bias=False)
-        self.down = nn.Linear(inner, dim, bias=False)
+        self.gate_up = linear(dim, 2 * inner)
+        self.down = linear(inner, dim)
         self.conv = nn.Conv1d(inner, inner, conv, groups=inner, bias=False) if conv > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,8 +123,8 @@ class Attention(nn.Module):
         if dim % heads:
             raise ValueError(f"hidden size {dim} is not divisible by heads {heads}")
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
+        self.qkv = linear(dim, 3 * dim)
+        self.out = linear(dim, dim)
         self.rotary = rotary
         # Optional (L, L) bool mask: True where a query may attend to a key.
         self.register_buffer("mask", mask, persistent=False)
@@ -119,7 +152,11 @@ class SequenceMLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Post-norm block: token mixer (attention or sequence MLP), then channel SwiGLU."""
+    """Post-norm block: token mixer (attention or sequence MLP), then channel SwiGLU.
+
+    After the sequence MLP the residual sum is normalised over the sequence axis, as
+    HRM/TRM do (their mixer works on the (B, D, L) transpose and normalises it there);
+    after attention and after the channel MLP, over the hidden axis."""
 
     def __init__(
         self, dim: int, heads: int, expansion: float, mixer: str, seq_len: int, rotary: Rotary | None,
@@ -137,7 +174,10 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(dim)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = self.norm1(h + self.mix(h))  # (B, L, D)
+        if isinstance(self.mix, SequenceMLP):
+            h = self.norm1((h + self.mix(h)).transpose(1, 2)).transpose(1, 2)  # normalised over L, (B, L, D)
+        else:
+            h = self.norm1(h + self.mix(h))  # (B, L, D)
         return self.norm2(h + self.mlp(h))
 
 
@@ -159,33 +199,49 @@ class Stack(nn.Module):
 
 
 class InputEmbedding(nn.Module):
-    """Token embedding (scaled by sqrt(D)), a learned position embedding when RoPE is
-    off, and an optional puzzle-identifier embedding added to every position.
+    """Token embedding, optional learned positions, an optional puzzle-identifier
+    vector, all scaled by sqrt(D).
 
     The puzzle table (HRM/TRM) gives each training puzzle (each ARC task and
     augmentation) a learned vector. It is zero-initialised, so identifier 0 ("none"),
     which training never updates, adds nothing. Its gradient is sparse (only the rows
-    in the batch), for the sign-SGD optimizer in `ponder.train.optim`."""
+    in the batch), for the sign-SGD optimizer in `ponder.train.optim`.
 
-    def __init__(self, vocab: int, dim: int, seq_len: int, learned_positions: bool, num_puzzles: int = 0):
+    With `prefix` = P > 0 the output has P extra positions in front, as in the HRM/TRM
+    code: position 0 holds the puzzle vector (or, for a task without identifiers, one
+    learned vector shared by every example), the others zeros. Without a prefix the
+    puzzle vector is added to every position. Learned positions (over P + L positions)
+    are added as 0.707 (x + positions), which keeps the variance of one term."""
+
+    def __init__(self, vocab: int, dim: int, seq_len: int, learned_positions: bool, num_puzzles: int = 0, prefix: int = 0):
         super().__init__()
         self.scale = math.sqrt(dim)
+        self.prefix = prefix
         self.tokens = nn.Embedding(vocab, dim)
-        nn.init.trunc_normal_(self.tokens.weight, std=1.0 / self.scale)
-        self.positions = nn.Parameter(torch.zeros(seq_len, dim)) if learned_positions else None
-        if self.positions is not None:
-            nn.init.trunc_normal_(self.positions, std=1.0 / self.scale)
+        truncated_normal_(self.tokens.weight, 1.0 / self.scale)
+        self.positions = nn.Parameter(truncated_normal_(torch.empty(prefix + seq_len, dim), 1.0 / self.scale)) if learned_positions else None
         self.puzzles = nn.Embedding(num_puzzles, dim, sparse=True) if num_puzzles else None
         if self.puzzles is not None:
             nn.init.zeros_(self.puzzles.weight)
+        # a task without identifiers still gets the prefix's learned vector, shared by all
+        self.shared = nn.Parameter(torch.zeros(dim)) if prefix and self.puzzles is None else None
 
     def forward(self, tokens: torch.Tensor, puzzle_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens (B, L), puzzle_ids (B,) -> (B, L, D)."""
+        """tokens (B, L), puzzle_ids (B,) -> (B, P + L, D)."""
         x = self.tokens(tokens)  # (B, L, D)
-        if self.positions is not None:
-            x = x + self.positions
+        B, _, D = x.shape
+        vector = None  # (B, D) the puzzle's (or the shared) vector
         if self.puzzles is not None:
             if puzzle_ids is None:
                 raise ValueError("this model has a puzzle embedding: pass puzzle_ids")
-            x = x + self.puzzles(puzzle_ids)[:, None, :]
+            vector = self.puzzles(puzzle_ids)
+        elif self.shared is not None:
+            vector = self.shared.expand(B, D)
+        if self.prefix:
+            front = torch.cat([vector[:, None], x.new_zeros(B, self.prefix - 1, D)], dim=1)  # (B, P, D)
+            x = torch.cat([front, x], dim=1)  # (B, P + L, D)
+        elif vector is not None:
+            x = x + vector[:, None, :]
+        if self.positions is not None:
+            x = LEARNED_POSITION_SCALE * (x + self.positions)
         return x * self.scale

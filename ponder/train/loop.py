@@ -209,7 +209,7 @@ class Trainer:
         except ValueError as e:
             raise PonderInputError(f"task '{data.name}': {e}") from None
         self.model = model.to(device=self.device, dtype=DTYPES[tc.dtype])  # the weights: float32 masters under autocast
-        self.ema = EMA(self.model, tc.ema) if tc.ema > 0 else None
+        self.ema = EMA(self.model, tc.ema, ramp=tc.ema_ramp) if tc.ema > 0 else None
         self.eval_model = self.ema.model if self.ema else self.model
         self.flops = segment_flops(cfg.model, data.vocab, data.seq_len, training=True)
         peak = tc.peak_tflops * 1e12 if tc.peak_tflops else peak_flops(self.device, torch.bfloat16 if self.bf16 else DTYPES[tc.dtype])

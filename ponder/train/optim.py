@@ -11,15 +11,17 @@ from ponder.config import TrainConfig
 
 class AdamATan2(torch.optim.Optimizer):
     """Adam with the division replaced by `atan2` ("Scaling Exponents Across
-    Parameterizations and Optimizers"): the update `a * atan2(m_hat, b * sqrt(v_hat))`
-    is bounded by `a * pi / 2` and needs no epsilon. Decoupled weight decay as AdamW.
-    Plain PyTorch, no compiled extension.
+    Parameterizations and Optimizers"): the update `lr * a * atan2(m_hat, b * sqrt(v_hat))`
+    is bounded by `lr * a * pi / 2` and needs no epsilon. Decoupled weight decay as AdamW.
+    Plain PyTorch, no compiled extension. The defaults a = b = 1 are what the optimizer
+    kernel the HRM/TRM code trains with computes (the paper's a = 1.27 would make every
+    step 1.27x larger than the learning rate a preset states).
 
     The moments of a parameter group are updated with `torch._foreach_*` ops (one
     multi-tensor kernel per operation instead of one per parameter), and each step
     count is a CPU scalar, so a step never waits for the device."""
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.95), weight_decay: float = 0.0, a: float = 1.27, b: float = 1.0):
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.95), weight_decay: float = 0.0, a: float = 1.0, b: float = 1.0):
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, a=a, b=b))
@@ -97,11 +99,12 @@ def is_puzzle_table(name: str) -> bool:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on matrices only (not on norms, biases or 1-D vectors). The puzzle
-    table, if any, is left to `build_puzzle_optimizer`."""
+    """Weight decay on matrices only (not on biases or 1-D vectors), or on every
+    parameter with `decay_vectors` (as the HRM/TRM code does). The puzzle table, if
+    any, is left to `build_puzzle_optimizer`."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not is_puzzle_table(n)]
-    decay = [p for _, p in params if p.ndim >= 2]
-    no_decay = [p for _, p in params if p.ndim < 2]
+    decay = [p for _, p in params if p.ndim >= 2 or cfg.decay_vectors]
+    no_decay = [p for _, p in params if p.ndim < 2 and not cfg.decay_vectors]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     betas = (cfg.beta1, cfg.beta2)
     if cfg.optimizer == "adamatan2":

@@ -1,0 +1,61 @@
+"""Golden losses: the first 20 training losses of every CPU preset, pinned, so that a
+change of function (a block, an initialisation, the optimizer, the data stream) shows up
+even when every other test still passes. Each preset runs with its own model, optimizer
+and schedule on a small task (the sizes below) with batch 16 and one thread.
+
+After a deliberate change: `python tests/test_golden.py --update` rewrites
+golden_losses.json; say in the commit why the losses moved."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).parent / "golden_losses.json"
+STEPS = 20
+PRESETS = [
+    "trm-sudoku-cpu", "hrm-sudoku-cpu", "looped-sudoku-cpu", "score-sudoku-cpu", "urm-sudoku-cpu", "depthrec-sudoku-cpu",
+    "transformer-sudoku-cpu", "attractor-sudoku-cpu", "trm-bool-depth", "transformer-bool-depth", "trm-cellular",
+    "transformer-cellular", "trm-graph-reach", "transformer-graph-reach", "trm-khop", "transformer-khop",
+]
+
+
+def first_losses(name: str, out: Path) -> list[float]:
+    from ponder import api
+
+    sizes = ["task.train_size=256", "task.val_size=16", "task.test_size=16"]
+    run = [f"train.steps={STEPS}", "train.batch_size=16", "train.eval_every=1000", "train.checkpoint_every=1000",
+           "train.log_every=1", "train.threads=1", "train.eval_segments=1", "train.budget_minutes=0"]
+    api.train(sizes + run, preset=name, out=str(out), progress=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["event"] == "train"]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_first_losses_are_pinned(name, tmp_path):
+    golden = json.loads(GOLDEN.read_text())
+    assert name in golden, f"no golden losses for {name}: run python tests/test_golden.py --update"
+    got = first_losses(name, tmp_path / name)
+    want = golden[name]
+    assert len(got) == len(want) == STEPS
+    worst = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(got, want))
+    assert worst < 1e-3, f"{name}: losses moved by up to {worst:.2e} (relative); first {got[:3]} vs {want[:3]}"
+
+
+def test_every_cpu_preset_is_pinned():
+    from ponder.config import build_config, preset_names
+
+    cpu = [n for n in preset_names() if build_config(preset=n).train.batching == "shrink"]
+    assert sorted(cpu) == sorted(PRESETS)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--update"]:
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import conftest  # noqa: F401  (the test cache folder)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        GOLDEN.write_text(json.dumps({n: first_losses(n, Path(tmp) / n) for n in PRESETS}, indent=1) + "\n")
+    print(f"wrote {GOLDEN}")

@@ -85,8 +85,8 @@ def measure(preset: str, device: str, batch: int | None, batching: str, compiled
         "preset": preset, "params": count_params(t.model), "batch": rows, "batching": batching, "compiled": compiled,
         "precision": precision, "max_segments": t.tc.max_segments, "device": str(t.device),
         "example_segments_per_s": round(rate, 1), "step_ms": round(1000 * seconds / steps, 2), "warmup_s": round(warmup_s, 1),
-        "train_flops_per_example_segment": t.flops.train,
-        "mfu": None if not t.peak else round(t.flops.train * rate / t.peak, 4),
+        "train_flops_per_example_segment": t.flops_per_unit,
+        "mfu": None if not t.peak else round(t.flops_per_unit * rate / t.peak, 4),
     }
     row["solve_latency_ms_per_segment"] = latency(t)
     return row

@@ -62,6 +62,7 @@ from ponder.train.losses import answer_correct, segment_token_loss
 from ponder.train.optim import build_optimizer, build_puzzle_optimizer, lr_at
 from ponder.train.stream import ExampleStream
 
+UNIT_NAMES = {"example_segments": "example_segment", "tokens": "token"}
 CARRY_LIMIT = 16 * 2**20  # the refill carry's latent state is saved in checkpoints up to this size (bytes)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -103,21 +104,24 @@ class Meter:
 
     NAMES = ("loss", "halt_loss", "finished", "correct", "segments")
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, unit: str = "example_segments"):
+        """`unit`: what one update processes, counted for the speed figures
+        (example_segments for the puzzle trainer, tokens for language models)."""
         self.device = device
+        self.unit = unit
         self.reset()
 
     def reset(self) -> None:
         self.sums = torch.zeros(len(self.NAMES), dtype=torch.float64, device=self.device)
         self.updates = 0
-        self.example_segments = 0  # this rank's rows summed over updates (known on the host)
+        self.units = 0  # this rank's units summed over updates (known on the host)
         self.started = time.perf_counter()
 
-    def add_update(self, loss_tok: torch.Tensor, halt_loss: torch.Tensor, rows: int) -> None:
+    def add_update(self, loss_tok: torch.Tensor, halt_loss: torch.Tensor, units: int) -> None:
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
         self.sums += torch.stack([loss_tok.double().mean(), halt_loss.double().mean(), zero, zero, zero])
         self.updates += 1
-        self.example_segments += rows
+        self.units += units
 
     def add_finished(self, done: torch.Tensor, correct: torch.Tensor, segments: torch.Tensor, positions: torch.Tensor) -> None:
         """done, correct (b,) bool; segments (b,) the segments each finished example ran;
@@ -139,15 +143,25 @@ class Meter:
             "updates": self.updates,
             "examples": int(finished),
             "seconds": seconds,
-            "example_segments": self.example_segments * dist.world,
+            "units": self.units * dist.world,
         }
         self.reset()
         return out
 
 
-class Trainer:
-    """One training run, set up in the order model, optimizer, data; `run` trains,
-    validates, checkpoints and tests."""
+class TrainerBase:
+    """What every training run shares, whatever it trains: the launch (devices, ranks,
+    checks), the optimizer and its wrappers (DDP, compile), one update, the run loop with
+    its logging, validation and checkpoint cadence, and the ways a run stops (steps,
+    `train.max_minutes`, `train.budget_minutes`, SIGTERM). A subclass supplies the data,
+    the model, one training step, validation and the final test:
+
+        setup_data, setup_model, setup_batching(checkpoint tensors), train_step(step),
+        validate(step), finish(step), data_position(step), task_shape(), extra_state()
+    """
+
+    unit = "example_segments"  # what the speed figures count
+    step_unit = "step"  # the progress bar's unit
 
     def __init__(self, cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = True, quiet: bool = False):
         tc = cfg.train
@@ -179,41 +193,53 @@ class Trainer:
             meta = restore(self.ckpt_path, self.model, self.ema, self.optimizer, loaded=loaded)
             self.start, self.prior_seconds = int(meta["step"]), float(meta.get("train_seconds", 0.0))
         self.setup_batching(None if loaded is None else loaded[0])
-        self.meter = Meter(self.device)
+        self.meter = Meter(self.device, self.unit)
         self.stop_reason: str | None = None
+
+    # hooks: the subclass's part
+    def setup_data(self) -> None:
+        raise NotImplementedError
+
+    def setup_model(self) -> None:
+        raise NotImplementedError
+
+    def setup_batching(self, tensors: dict[str, torch.Tensor] | None) -> None:
+        """Restore whatever the trainer keeps between steps from a checkpoint's tensors."""
+
+    def train_step(self, step: int) -> None:
+        raise NotImplementedError
+
+    def validate(self, step: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def finish(self, step: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def data_position(self, step: int) -> dict[str, int]:
+        return {}
+
+    def task_shape(self) -> dict[str, Any]:
+        return {}
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Tensors a checkpoint holds besides model, EMA, optimizer and RNG (a collective:
+        every rank calls it)."""
+        return {}
 
     # ------------------------------------------------------------------ setup
 
     def check_launch(self) -> None:
         """Refuse what this launch cannot honour, with one line naming the setting."""
         tc, world = self.tc, self.dist.world
-        if world > 1:
-            if self.batching != "refill":
-                raise PonderInputError(
-                    f"torchrun with train.batching={tc.batching} ({self.batching}): shrinking batches put ranks out of step; use train.batching=refill"
-                )
-            if tc.batch_size % world:
-                raise PonderInputError(f"config key 'train.batch_size': {tc.batch_size} does not split over {world} ranks; use a multiple of {world}")
+        if world > 1 and tc.batch_size % world:
+            raise PonderInputError(f"config key 'train.batch_size': {tc.batch_size} does not split over {world} ranks; use a multiple of {world}")
 
-    def setup_data(self) -> None:
-        self.data = load_task(self.cfg.task, progress=self.progress)
-        augment = self.data.augment if self.cfg.task.augment else None
-        self.stream = ExampleStream(self.data.train, self.tc.seed, self.device, augment)
-        self.use_ids = self.cfg.model.puzzle_embedding
-
-    def setup_model(self) -> None:
-        cfg, tc, data = self.cfg, self.tc, self.data
-        torch.manual_seed(tc.seed)
-        try:
-            model = build_model(cfg.model, data.vocab, data.seq_len, data.attention_mask, data.num_puzzles)
-        except ValueError as e:
-            raise PonderInputError(f"task '{data.name}': {e}") from None
-        self.model = model.to(device=self.device, dtype=DTYPES[tc.dtype])  # the weights: float32 masters under autocast
-        self.ema = EMA(self.model, tc.ema, ramp=tc.ema_ramp) if tc.ema > 0 else None
-        self.eval_model = self.ema.model if self.ema else self.model
-        self.flops = segment_flops(cfg.model, data.vocab, data.seq_len, training=True)
+    def device_peak(self) -> float | None:
+        """The devices' dense peak FLOP/s for the MFU figure: `train.peak_tflops`, or the
+        datasheet rate of a known GPU in the training precision; None if unknown."""
+        tc = self.tc
         peak = tc.peak_tflops * 1e12 if tc.peak_tflops else peak_flops(self.device, torch.bfloat16 if self.bf16 else DTYPES[tc.dtype])
-        self.peak = None if peak is None else peak * self.dist.world
+        return None if peak is None else peak * self.dist.world
 
     @property
     def bf16(self) -> bool:
@@ -239,36 +265,7 @@ class Trainer:
             self.forward = torch.compile(self.forward)
             self.bootstrap = torch.compile(self.model)
 
-    def setup_batching(self, tensors: dict[str, torch.Tensor] | None) -> None:
-        tc = self.tc
-        self.local_rows = tc.batch_size // self.dist.world
-        self.carry = None
-        if self.batching == "refill":
-            self.carry = Carry(self.model, self.stream, tc.batch_size, self.dist, tc.max_segments, tc.halt_explore_prob, self.data.seq_len)
-            if tensors is not None and "carry.next_position" in tensors:
-                self.carry.restore(tensors)
-
     # ------------------------------------------------------------------ one update
-
-    def segment_loss(self, out, tokens, labels, ids, is_last):
-        """The loss of one segment: token loss (+ the halting rule's loss, + the family's
-        extra loss). Returns (loss, token loss (b,), halting loss (b,), correct (b,))."""
-        tc = self.tc
-        loss_tok = segment_token_loss(out, labels, tc.loss)  # (b,)
-        correct = answer_correct(out.logits.argmax(-1), labels)  # (b,)
-        rule = self.model.halt_head
-        next_q = None
-        if rule.bootstraps:
-
-            def next_q():  # the next segment's Q values, as in HRM
-                with torch.no_grad(), autocast_context(self.device, tc.autocast):
-                    return self.bootstrap(tokens, tuple(s.detach() for s in out.state), ids).q_logits
-
-        halt_loss = rule.loss(out.halt_logits, out.q_logits, correct, next_q, is_last)  # (b,)
-        loss = loss_tok.mean() + tc.halt_loss_weight * halt_loss.mean()
-        if out.aux_loss is not None:
-            loss = loss + out.aux_loss.mean()
-        return loss, loss_tok.detach(), halt_loss.detach(), correct
 
     def update(self, loss: torch.Tensor) -> None:
         for optimizer in self.optimizers:
@@ -298,69 +295,6 @@ class Trainer:
             self.puzzle_optimizer.param_groups[0]["lr"] = lr / tc.lr * tc.puzzle_lr
         return lr
 
-    # ------------------------------------------------------------------ the two batching modes
-
-    def train_batch(self, step: int) -> None:
-        """Shrinking batch: B examples, up to max_segments segments, one update each."""
-        tc = self.tc
-        first = step * tc.batch_size + self.dist.rank * self.local_rows
-        positions = torch.arange(first, first + self.local_rows, device=self.device)
-        tokens, labels, ids = self.stream.fetch(positions, first, first + self.local_rows)
-        min_segments = self.stream.min_segments(positions, tc.halt_explore_prob, tc.max_segments)
-        state = self.model.init_state(*tokens.shape)
-        for seg in think(self.forward, tokens, tc.max_segments, ids=ids if self.use_ids else None, state=state, autocast=tc.autocast):
-            rows = seg.rows
-            is_last = seg.index + 1 == tc.max_segments
-            row_ids = ids[rows] if self.use_ids else None
-            loss, loss_tok, halt_loss, correct = self.segment_loss(seg.out, tokens[rows], labels[rows], row_ids, is_last)
-            self.update(loss)
-            self.meter.add_update(loss_tok, halt_loss, rows.numel())
-            ran = torch.full_like(rows, seg.index + 1)  # segments each row has run
-            done = self.halts(seg.out, positions[rows], ran) & (ran >= min_segments[rows])
-            if is_last:
-                done = torch.ones_like(done)
-            self.meter.add_finished(done, correct, ran, positions[rows])
-            seg.leave(done)
-
-    def train_segment(self, step: int) -> None:
-        """Refill batch: one segment of the fixed-shape carry, one update."""
-        carry, tc = self.carry, self.tc
-        carry.refill()
-        ids = carry.ids if self.use_ids else None
-        with autocast_context(self.device, tc.autocast):
-            out = self.forward(carry.tokens, carry.state, ids)
-        is_last = carry.is_last()
-        loss, loss_tok, halt_loss, correct = self.segment_loss(out, carry.tokens, carry.labels, ids, is_last)
-        self.update(loss)
-        self.meter.add_update(loss_tok, halt_loss, carry.rows)
-        done = carry.advance(out.state, self.halts(out, carry.position, carry.segment + 1))
-        self.meter.add_finished(done, correct, carry.segment, carry.position)
-
-    def halts(self, out, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-        """(b,) bool: the halting rule stops these examples (at stream `positions`, having
-        run `segments` segments) after this segment; the caller adds the exploration
-        minimum and the segment limit. One place for both batching modes."""
-        return self.model.halt_head.stop(out.halt_logits.detach())
-
-    # ------------------------------------------------------------------ evaluation
-
-    def evaluate(self, split: Split, segments: int, score=None, depths=None):
-        """Sharded over ranks, gathered, scored on every rank (rank 0 writes it)."""
-        start, stop = self.dist.shard(len(split))
-        ids = split.ids[start:stop] if self.use_ids else None
-        model = self.eval_model
-        was_training = model.training
-        model.eval()
-        batch = max(256, self.local_rows)
-        preds, halts, changes = run_segments(
-            model, split.inputs[start:stop], segments, batch_size=batch, autocast=self.tc.autocast,
-            progress=self.progress, ids=ids,
-        )
-        model.train(was_training)
-        n = len(split)
-        preds, halts, changes = (self.dist.gather_shards(t.to(self.device), n).cpu() for t in (preds, halts, changes))
-        return score_segments(preds, halts, changes, split.labels, depths, score)
-
     # ------------------------------------------------------------------ the run
 
     def run(self) -> dict[str, Any]:
@@ -376,31 +310,26 @@ class Trainer:
             log.write({
                 "event": "resume" if self.resuming else "start", "step": self.start, "env": env, "params": count_params(self.model),
                 "data_seconds": round(time.time() - self.t0, 2), "batching": self.batching, "world": self.dist.world,
-                "flops_per_example_segment": self.flops.train,
+                f"flops_per_{UNIT_NAMES[self.unit]}": self.flops_per_unit,
             })
         self.log = log
         if not self.quiet:
-            data = self.data
             print(f"model {cfg.model.family}: {count_params(self.model):,} parameters on {self.device}"
-                  f"{f' x {self.dist.world} ranks' if self.dist.world > 1 else ''}, {self.batching} batching; "
-                  f"task {data.name}: train {len(data.train)}, val {len(data.val)}, test {len(data.test)} examples")
+                  f"{f' x {self.dist.world} ranks' if self.dist.world > 1 else ''}, {self.batching} batching; {self.describe_data()}")
         self.invocation_start = time.time()
         self.last_checkpoint = time.time()
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=tc.steps, initial=self.start, desc="train", unit="step" if self.batching == "refill" else "batch", dynamic_ncols=True)
+            bar = tqdm(total=tc.steps, initial=self.start, desc="train", unit=self.step_unit, dynamic_ncols=True)
         self.model.train()
         done = self.start
         last_val = None
         with self.stop_signals():
             for step in range(self.start, tc.steps):
                 lr = self.set_lr(step)
-                if self.batching == "refill":
-                    self.train_segment(step)
-                else:
-                    self.train_batch(step)
+                self.train_step(step)
                 done = step + 1
                 stop = self.stop_requested(done)
                 last = done == tc.steps or (not stop and self.budget_spent(done))  # the run ends here: validate and test
@@ -426,10 +355,12 @@ class Trainer:
         m = self.meter.read(self.dist)
         if not math.isfinite(m["loss"]) or not math.isfinite(m["halt_loss"]):
             raise RuntimeError(f"step {step}: non-finite training loss {m['loss']}; lower train.lr or try train.loss=stablemax")
-        speed = {"example_segments_per_s": round(m["example_segments"] / max(m["seconds"], 1e-9), 2)}
-        speed["examples_per_s"] = round(m["examples"] / max(m["seconds"], 1e-9), 2)
+        rate = m["units"] / max(m["seconds"], 1e-9)
+        speed = {f"{self.unit}_per_s": round(rate, 2)}
+        if self.unit == "example_segments":
+            speed["examples_per_s"] = round(m["examples"] / max(m["seconds"], 1e-9), 2)
         if self.peak:
-            speed["mfu"] = round(self.flops.train * speed["example_segments_per_s"] / self.peak, 4)
+            speed["mfu"] = round(self.flops_per_unit * rate / self.peak, 4)
         record = {"event": "train", "step": step, "lr": lr}
         for key in ("loss", "halt_loss", "accuracy", "segments"):
             record[key] = None if m[key] is None else round(m[key], 6)
@@ -438,37 +369,35 @@ class Trainer:
             self.log.write(record)
         return record
 
-    @staticmethod
-    def postfix(record: dict[str, Any], last_val: dict[str, Any] | None) -> dict[str, str]:
+    def postfix(self, record: dict[str, Any], last_val: dict[str, Any] | None) -> dict[str, str]:
         post = {"loss": f"{record['loss']:.3f}"}
         if record["accuracy"] is not None:
             post["acc"] = f"{record['accuracy']:.2f}"
             post["seg"] = f"{record['segments']:.1f}"
-        post["ex/s"] = f"{record['speed']['examples_per_s']:.0f}"
-        if "mfu" in record["speed"]:
-            post["mfu"] = f"{record['speed']['mfu']:.1%}"
+        speed = record["speed"]
+        post["ex/s" if "examples_per_s" in speed else "tok/s"] = f"{speed.get('examples_per_s', speed.get(f'{self.unit}_per_s', 0)):.0f}"
+        if "mfu" in speed:
+            post["mfu"] = f"{speed['mfu']:.1%}"
         if last_val:
-            post["val"] = f"{last_val['exact_accuracy']:.3f}"
+            post["val"] = self.val_summary(last_val)
         return post
 
-    def validate(self, step: int) -> dict[str, Any]:
-        result = self.evaluate(self.data.val, self.tc.eval_segments)
-        record = {"event": "val", "step": step, **result.to_dict()}
-        if self.log is not None:
-            self.log.write(record)
-        self.meter.started = time.perf_counter()  # the speed figures count training only
-        return record
+    def val_summary(self, record: dict[str, Any]) -> str:
+        """The validation figure the progress bar shows."""
+        return f"{record['exact_accuracy']:.3f}"
+
+    def describe_data(self) -> str:
+        data = self.data
+        return f"task {data.name}: train {len(data.train)}, val {len(data.val)}, test {len(data.test)} examples"
 
     def train_seconds(self) -> float:
         """Training time of this run, summed over resumes."""
         return self.prior_seconds + time.time() - self.invocation_start
 
     def save(self, step: int) -> None:
-        """Checkpoint (rank 0 writes; every rank takes part in gathering the carry)."""
+        """Checkpoint (rank 0 writes; every rank takes part in gathering `extra_state`)."""
         tc = self.tc
-        extra = {}
-        if self.carry is not None:
-            extra = self.carry.snapshot(with_state=self.carry.bytes() <= CARRY_LIMIT)
+        extra = self.extra_state()
         if self.main:
             meta = {
                 "step": step, "data_position": self.data_position(step), "config": self.cfg.to_dict(), "env": self.env,
@@ -480,17 +409,6 @@ class Trainer:
                             moments_dtype=moments, extra=extra)
         self.dist.barrier()
         self.last_checkpoint = time.time()
-
-    def data_position(self, step: int) -> dict[str, int]:
-        if self.carry is not None:
-            return {"next_position": int(self.carry.next_position)}
-        n = len(self.data.train)
-        epoch, offset = divmod(step * self.tc.batch_size, n)
-        return {"next_position": step * self.tc.batch_size, "epoch": epoch, "offset": offset}
-
-    def task_shape(self) -> dict[str, Any]:
-        data = self.data
-        return {"name": data.name, "vocab": data.vocab, "seq_len": data.seq_len, "num_puzzles": data.num_puzzles}
 
     # ------------------------------------------------------------------ stopping
 
@@ -555,6 +473,168 @@ class Trainer:
             self.log.write({"event": "stop", **result})
         return result
 
+    def close(self) -> None:
+        self.dist.close()
+
+
+
+
+class Trainer(TrainerBase):
+    """The puzzle trainer: deep supervision on fixed-length examples in shrinking or
+    refill batches (the module docstring), evaluated by exact match after every segment."""
+
+    @property
+    def step_unit(self) -> str:
+        return "step" if self.batching == "refill" else "batch"
+
+    def check_launch(self) -> None:
+        super().check_launch()
+        if self.dist.world > 1 and self.batching != "refill":
+            raise PonderInputError(
+                f"torchrun with train.batching={self.tc.batching} ({self.batching}): shrinking batches put ranks out of step; use train.batching=refill"
+            )
+
+    def setup_data(self) -> None:
+        self.data = load_task(self.cfg.task, progress=self.progress)
+        augment = self.data.augment if self.cfg.task.augment else None
+        self.stream = ExampleStream(self.data.train, self.tc.seed, self.device, augment)
+        self.use_ids = self.cfg.model.puzzle_embedding
+
+    def setup_model(self) -> None:
+        cfg, tc, data = self.cfg, self.tc, self.data
+        torch.manual_seed(tc.seed)
+        try:
+            model = build_model(cfg.model, data.vocab, data.seq_len, data.attention_mask, data.num_puzzles)
+        except ValueError as e:
+            raise PonderInputError(f"task '{data.name}': {e}") from None
+        self.model = model.to(device=self.device, dtype=DTYPES[tc.dtype])  # the weights: float32 masters under autocast
+        self.ema = EMA(self.model, tc.ema, ramp=tc.ema_ramp) if tc.ema > 0 else None
+        self.eval_model = self.ema.model if self.ema else self.model
+        self.flops_per_unit = segment_flops(cfg.model, data.vocab, data.seq_len, training=True).train
+        self.peak = self.device_peak()
+
+    def setup_batching(self, tensors: dict[str, torch.Tensor] | None) -> None:
+        tc = self.tc
+        self.local_rows = tc.batch_size // self.dist.world
+        self.carry = None
+        if self.batching == "refill":
+            self.carry = Carry(self.model, self.stream, tc.batch_size, self.dist, tc.max_segments, tc.halt_explore_prob, self.data.seq_len)
+            if tensors is not None and "carry.next_position" in tensors:
+                self.carry.restore(tensors)
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        if self.carry is None:
+            return {}
+        return self.carry.snapshot(with_state=self.carry.bytes() <= CARRY_LIMIT)
+
+    def train_step(self, step: int) -> None:
+        if self.batching == "refill":
+            self.train_segment(step)
+        else:
+            self.train_batch(step)
+
+    def segment_loss(self, out, tokens, labels, ids, is_last):
+        """The loss of one segment: token loss (+ the halting rule's loss, + the family's
+        extra loss). Returns (loss, token loss (b,), halting loss (b,), correct (b,))."""
+        tc = self.tc
+        loss_tok = segment_token_loss(out, labels, tc.loss)  # (b,)
+        correct = answer_correct(out.logits.argmax(-1), labels)  # (b,)
+        rule = self.model.halt_head
+        next_q = None
+        if rule.bootstraps:
+
+            def next_q():  # the next segment's Q values, as in HRM
+                with torch.no_grad(), autocast_context(self.device, tc.autocast):
+                    return self.bootstrap(tokens, tuple(s.detach() for s in out.state), ids).q_logits
+
+        halt_loss = rule.loss(out.halt_logits, out.q_logits, correct, next_q, is_last)  # (b,)
+        loss = loss_tok.mean() + tc.halt_loss_weight * halt_loss.mean()
+        if out.aux_loss is not None:
+            loss = loss + out.aux_loss.mean()
+        return loss, loss_tok.detach(), halt_loss.detach(), correct
+
+    # ------------------------------------------------------------------ the two batching modes
+
+    def train_batch(self, step: int) -> None:
+        """Shrinking batch: B examples, up to max_segments segments, one update each."""
+        tc = self.tc
+        first = step * tc.batch_size + self.dist.rank * self.local_rows
+        positions = torch.arange(first, first + self.local_rows, device=self.device)
+        tokens, labels, ids = self.stream.fetch(positions, first, first + self.local_rows)
+        min_segments = self.stream.min_segments(positions, tc.halt_explore_prob, tc.max_segments)
+        state = self.model.init_state(*tokens.shape)
+        for seg in think(self.forward, tokens, tc.max_segments, ids=ids if self.use_ids else None, state=state, autocast=tc.autocast):
+            rows = seg.rows
+            is_last = seg.index + 1 == tc.max_segments
+            row_ids = ids[rows] if self.use_ids else None
+            loss, loss_tok, halt_loss, correct = self.segment_loss(seg.out, tokens[rows], labels[rows], row_ids, is_last)
+            self.update(loss)
+            self.meter.add_update(loss_tok, halt_loss, rows.numel())
+            ran = torch.full_like(rows, seg.index + 1)  # segments each row has run
+            done = self.halts(seg.out, positions[rows], ran) & (ran >= min_segments[rows])
+            if is_last:
+                done = torch.ones_like(done)
+            self.meter.add_finished(done, correct, ran, positions[rows])
+            seg.leave(done)
+
+    def train_segment(self, step: int) -> None:
+        """Refill batch: one segment of the fixed-shape carry, one update."""
+        carry, tc = self.carry, self.tc
+        carry.refill()
+        ids = carry.ids if self.use_ids else None
+        with autocast_context(self.device, tc.autocast):
+            out = self.forward(carry.tokens, carry.state, ids)
+        is_last = carry.is_last()
+        loss, loss_tok, halt_loss, correct = self.segment_loss(out, carry.tokens, carry.labels, ids, is_last)
+        self.update(loss)
+        self.meter.add_update(loss_tok, halt_loss, carry.rows)
+        done = carry.advance(out.state, self.halts(out, carry.position, carry.segment + 1))
+        self.meter.add_finished(done, correct, carry.segment, carry.position)
+
+    def halts(self, out, positions: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        """(b,) bool: the halting rule stops these examples (at stream `positions`, having
+        run `segments` segments) after this segment; the caller adds the exploration
+        minimum and the segment limit. One place for both batching modes."""
+        return self.model.halt_head.stop(out.halt_logits.detach())
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, split: Split, segments: int, score=None, depths=None):
+        """Sharded over ranks, gathered, scored on every rank (rank 0 writes it)."""
+        start, stop = self.dist.shard(len(split))
+        ids = split.ids[start:stop] if self.use_ids else None
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        batch = max(256, self.local_rows)
+        preds, halts, changes = run_segments(
+            model, split.inputs[start:stop], segments, batch_size=batch, autocast=self.tc.autocast,
+            progress=self.progress, ids=ids,
+        )
+        model.train(was_training)
+        n = len(split)
+        preds, halts, changes = (self.dist.gather_shards(t.to(self.device), n).cpu() for t in (preds, halts, changes))
+        return score_segments(preds, halts, changes, split.labels, depths, score)
+
+    def validate(self, step: int) -> dict[str, Any]:
+        result = self.evaluate(self.data.val, self.tc.eval_segments)
+        record = {"event": "val", "step": step, **result.to_dict()}
+        if self.log is not None:
+            self.log.write(record)
+        self.meter.started = time.perf_counter()  # the speed figures count training only
+        return record
+
+    def data_position(self, step: int) -> dict[str, int]:
+        if self.carry is not None:
+            return {"next_position": int(self.carry.next_position)}
+        n = len(self.data.train)
+        epoch, offset = divmod(step * self.tc.batch_size, n)
+        return {"next_position": step * self.tc.batch_size, "epoch": epoch, "offset": offset}
+
+    def task_shape(self) -> dict[str, Any]:
+        data = self.data
+        return {"name": data.name, "vocab": data.vocab, "seq_len": data.seq_len, "num_puzzles": data.num_puzzles}
+
     def finish(self, step: int) -> dict[str, Any]:
         """The final test: run once, on the test split, with the EMA weights."""
         data = self.data
@@ -570,8 +650,5 @@ class Trainer:
             plot_run(self.out_dir)
         return result
 
-    def close(self) -> None:
-        self.dist.close()
 
-
-__all__ = ["Meter", "Trainer", "process_settings", "train"]
+__all__ = ["Meter", "Trainer", "TrainerBase", "process_settings", "train"]

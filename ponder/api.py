@@ -219,30 +219,37 @@ def bench_solvers(
 def presets() -> list[dict[str, Any]]:
     """The shipped presets: name, trainable parameters (without any puzzle embedding
     table), the table's parameters (an upper bound for ARC, whose symmetric task
-    versions are dropped at build time), the training budget in example-segments and
-    FLOP (refill batching: steps x batch; shrinking: at most steps x batch x
-    max_segments, less as examples halt), and a one-line description."""
+    versions are dropped at build time), the training budget in example-segments (a
+    language model's: tokens) and FLOP (refill batching: steps x batch; shrinking: at
+    most steps x batch x max_segments, less as examples halt), and a one-line description."""
+    from ponder.lm.text import TEXT_TASKS
+    from ponder.lm.train import build_language_model, is_language_model, lm_flops_per_token
     from ponder.models.flops import segment_flops
 
     rows = []
     for name in preset_names():
         cfg = build_config(preset=name)
-        # The puzzle table can hold hundreds of millions of numbers: count it, don't build it.
-        model = model_for_task(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, puzzle_embedding=False)))
         raw = load_yaml(preset_path(name))
-        tc, builder = cfg.train, get_builder(cfg.task.name)
-        refill = tc.batching == "refill"
-        example_segments = tc.steps * tc.batch_size * (1 if refill else tc.max_segments)
-        rows.append({
-            "name": name,
-            "params": count_params(model),
-            "embedding_params": preset_puzzles(cfg) * cfg.model.hidden,
-            "batching": tc.batching,
-            "example_segments": example_segments,
-            "train_flops": example_segments * segment_flops(cfg.model, builder.vocab, builder.seq_len, training=True).train,
-            "budget_is_bound": not refill,
-            "description": str(raw.get("description", "")),
-        })
+        tc = cfg.train
+        if is_language_model(cfg.model.family):  # a budget in tokens; the vocabulary of the task's tokenizer, roughly
+            vocab = TEXT_TASKS[cfg.task.name].vocab_hint
+            model = build_language_model(cfg.model, vocab)
+            units = tc.steps * tc.batch_size * cfg.model.context
+            row = {"params": sum(p.numel() for p in model.parameters()), "embedding_params": 0, "batching": "windows",
+                   "example_segments": units, "unit": "tokens",
+                   "train_flops": units * lm_flops_per_token(model, cfg.model.context, getattr(model, "mean_r", None) if model.recurrent else None),
+                   "budget_is_bound": False}
+        else:
+            # The puzzle table can hold hundreds of millions of numbers: count it, don't build it.
+            model = model_for_task(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, puzzle_embedding=False)))
+            builder = get_builder(cfg.task.name)
+            refill = tc.batching == "refill"
+            units = tc.steps * tc.batch_size * (1 if refill else tc.max_segments)
+            row = {"params": count_params(model), "embedding_params": preset_puzzles(cfg) * cfg.model.hidden, "batching": tc.batching,
+                   "example_segments": units, "unit": "example_segments",
+                   "train_flops": units * segment_flops(cfg.model, builder.vocab, builder.seq_len, training=True).train,
+                   "budget_is_bound": not refill}
+        rows.append({"name": name, **row, "description": str(raw.get("description", ""))})
     return rows
 
 

@@ -97,8 +97,30 @@ def show_train(result: dict[str, Any]) -> None:
         print(f"\nstopped by {why} at step {result['step']} of {result['steps']} ({result['train_seconds']:.0f} s training); "
               f"checkpointed, no test run. Continue with: ponder train --resume {result['run']}")
         return
+    if "loss_by_recurrence" in result:
+        print(f"\n{result['train_seconds']:.0f} s training, {result['total_seconds']:.0f} s total")
+        show_language(result)
+        return
     print(f"\ntest split: {result['n']} examples, {result['segments']} segments, {result['train_seconds']:.0f} s training, {result['total_seconds']:.0f} s total")
     show_scores(result)
+
+
+def show_language(result: dict[str, Any]) -> None:
+    """A language model's evaluation: validation loss (bits per character for a
+    character corpus) by test-time recurrence, and generated-answer accuracy."""
+    bpc = f", {result['bits_per_character']:.4f} bits per character" if "bits_per_character" in result else ""
+    print(f"  validation loss {result['loss']:.4f} nats per token{bpc}")
+    losses = result["loss_by_recurrence"]
+    if "default" not in losses:
+        print("  validation loss vs test-time recurrence r:")
+        low = min(losses.values())
+        for r, loss in losses.items():
+            mark = "  <- best" if loss == low else ""
+            print(f"    r={int(r):<4d} {loss:.4f}{mark}")
+    for r, answers in (result.get("answers") or {}).items():
+        depth = ", ".join(f"depth {d}: {a:.3f}" for d, a in answers["by_depth"].items())
+        label = "" if r == "default" else f" at r={r}"
+        print(f"  generated answers{label}: exact {answers['accuracy']:.4f} of {answers['n']} ({depth})")
 
 
 def show_scores(result: dict[str, Any]) -> None:
@@ -165,10 +187,11 @@ def show_presets(rows: list[dict[str, Any]]) -> None:
     """Name, parameters, training budget (example-segments and FLOP; "<=" where halting
     makes it an upper bound) and description."""
     width = max(len(r["name"]) for r in rows)
-    print(f"{'preset':<{width}}  {'params':>7}  {'example-segments, FLOP':>24}  description")
+    print(f"{'preset':<{width}}  {'params':>7}  {'example-segments, FLOP':>26}  description")
     for r in rows:
         bound = "<=" if r["budget_is_bound"] else "  "
-        budget = f"{bound}{r['example_segments'] / 1e6:7.2f}M, {r['train_flops']:8.2e}"
+        unit = " tok" if r.get("unit") == "tokens" else ""
+        budget = f"{bound}{r['example_segments'] / 1e6:7.2f}M{unit:4}, {r['train_flops']:8.2e}"
         print(f"{r['name']:<{width}}  {r['params'] / 1e6:6.2f}M  {budget}  {r['description']}")
 
 

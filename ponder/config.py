@@ -39,9 +39,9 @@ class ModelConfig:
     positions: str = "auto"  # rope, learned (added as 0.707 (x + pos)) or none; auto: rope with attention, learned with the sequence MLP
     attention_mask: str = "none"  # "none" (all pairs) or "task" (the task's structure, e.g. Sudoku peers)
     latent_steps: int = 2  # inner steps per cycle: TRM n (z updates), HRM L_cycles
-    cycles: int = 2  # per segment: TRM T cycles, HRM H_cycles, looped most loop steps K, depthrec mean iterations
+    cycles: int = 2  # per segment: TRM T cycles, HRM H_cycles, looped most loop steps K, depthrec and recurrent-lm mean iterations
     grad_mode: str = "auto"  # which calls carry gradient: auto (the family's own), full, last_cycle, one_step, truncated
-    truncate_steps: int = 1  # with grad_mode=truncated: the last K network calls carry gradient
+    truncate_steps: int = 1  # with grad_mode=truncated: the last K network calls carry gradient; recurrent-lm: the last K core iterations
     halting: str = "bce"  # none (fixed segments), bce (TRM: "is my answer right?"), act_q (HRM: Q-learning)
     halt_readout: str = "auto"  # what the halting head reads: pooled (bce: least sure position, act_q: mean), first (position 0); auto: first with a prefix
     puzzle_prefix: int = 0  # HRM/TRM's prefix positions in front of the tokens, the first holding the puzzle (or one shared learned) vector; 0: none
@@ -49,13 +49,20 @@ class ModelConfig:
     ponder_cost: float = 0.01  # looped: weight of ACT's ponder cost N + R, or of PonderNet's KL to its prior
     pondernet_prior: float = 0.2  # looped: rate of PonderNet's geometric prior over steps
     score_dt: float = 0.0  # looped: SCORE's contractive step h = (1 - dt) h + dt F(h); 0 = plain h = F(h)
-    iteration_sigma: float = 0.5  # depthrec: spread of the Poisson-lognormal iteration count in training (0: fixed)
+    iteration_sigma: float = 0.5  # depthrec, recurrent-lm: spread of the Poisson-lognormal iteration count in training (0: fixed)
     solver: str = "anderson"  # attractor: fixed-point method (iteration, anderson, broyden, bad_broyden)
     solver_iters: int = 8  # attractor: most solver iterations per segment; 0 removes the solver
     solver_tol: float = 1e-3  # attractor: stop an example's solve at this relative residual
     solver_backward: str = "implicit"  # attractor: gradient through the equilibrium, implicit or phantom
     jacobian_weight: float = 0.0  # attractor: weight of the Jacobian (contraction) regulariser
     puzzle_embedding: bool = False  # a learned vector per puzzle identifier (HRM/TRM on ARC), trained by sparse sign-SGD
+    # causal language models (families gpt, recurrent-lm, ilr, attractor-lm; `layers` is gpt's and ilr's depth)
+    context: int = 64  # the longest text a language model reads at once (its window in training, its KV cache)
+    prelude_layers: int = 1  # recurrent-lm, attractor-lm: blocks that embed the text once
+    core_layers: int = 2  # recurrent-lm, attractor-lm: the blocks iterated on the latent state
+    coda_layers: int = 1  # recurrent-lm, attractor-lm: blocks that read the final state out
+    state_init_std: float = 1.0  # recurrent-lm: std of the noise the latent state starts from in training
+    repeats: str = ""  # ilr: iterations of each layer, e.g. "2,1,1,1" (empty: once each)
 
 
 @dataclass
@@ -71,6 +78,10 @@ class TaskConfig:
     blanks: int = 40  # generated Sudoku: blanks per puzzle
     train_file: str = ""  # generated Sudoku: a CSV / puzzle-per-line file replacing the training split
     test_file: str = ""  # generated Sudoku: a file replacing the test split
+    text_file: str = ""  # text corpora: the text to read instead of $PONDER_DATA/text/tinyshakespeare.txt
+    vocab_size: int = 0  # BPE corpora: vocabulary size to train; 0: the task's default
+    digits: int = 0  # arithmetic: digits per operand; 0: the task's default
+    entities: int = 0  # multihop: entities in the fact table; 0: the task's default
     eval_demos: bool = True  # ARC: train on the evaluation tasks' demonstration pairs (HRM/TRM do; results must say so)
     concept_arc: bool = True  # ARC-AGI-1: add the ConceptARC tasks to training (HRM/TRM do)
     translate: bool = True  # ARC: place each training pair at a random offset on the 30x30 canvas
@@ -116,6 +127,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the segment step (refill batching keeps its shapes fixed: no recompiles after warm-up)
     peak_tflops: float = 0.0  # the device's peak dense TFLOP/s for the MFU figure; 0: looked up for known GPUs
     threads: int = 0  # CPU threads for torch during this run; 0 keeps torch's default
+    eval_recurrence: str = "1,2,4,8,16,32,64"  # language models with a recurrent core: validation loss at each of these test-time depths
+    eval_batches: int = 20  # language models: validation windows (batches of batch_size) per evaluation
 
 
 @dataclass
@@ -226,6 +239,17 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("model.cycles", cfg.model.cycles >= 1, ">= 1"),
         ("model.truncate_steps", cfg.model.truncate_steps >= 1, ">= 1"),
         ("model.puzzle_prefix", cfg.model.puzzle_prefix >= 0, ">= 0"),
+        ("model.context", cfg.model.context >= 2, ">= 2"),
+        ("model.prelude_layers", cfg.model.prelude_layers >= 0, ">= 0"),
+        ("model.core_layers", cfg.model.core_layers >= 1, ">= 1"),
+        ("model.coda_layers", cfg.model.coda_layers >= 0, ">= 0"),
+        ("model.state_init_std", cfg.model.state_init_std >= 0, ">= 0"),
+        ("model.repeats", _int_list_ok(cfg.model.repeats), "comma-separated integers >= 1, e.g. 2,1,1,1"),
+        ("train.eval_recurrence", _int_list_ok(cfg.train.eval_recurrence) and bool(cfg.train.eval_recurrence), "comma-separated integers >= 1"),
+        ("train.eval_batches", cfg.train.eval_batches >= 1, ">= 1"),
+        ("task.vocab_size", cfg.task.vocab_size >= 0, ">= 0"),
+        ("task.digits", cfg.task.digits >= 0, ">= 0"),
+        ("task.entities", cfg.task.entities >= 0, ">= 0"),
         ("model.score_dt", 0 <= cfg.model.score_dt < 1, "in [0, 1)"),
         ("model.ponder_cost", cfg.model.ponder_cost >= 0, ">= 0"),
         ("model.iteration_sigma", cfg.model.iteration_sigma >= 0, ">= 0"),
@@ -263,6 +287,22 @@ def validate(cfg: RunConfig, source: str) -> None:
     for key, ok, expected in checks:
         if not ok:
             raise PonderInputError(f"{source}: config key '{key}': expected {expected}")
+
+
+def parse_int_list(text: str) -> list[int]:
+    """"2,1,1" -> [2, 1, 1]; every value >= 1."""
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if any(v < 1 for v in values):
+        raise ValueError(text)
+    return values
+
+
+def _int_list_ok(text: str) -> bool:
+    try:
+        parse_int_list(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_depth_range(text: str) -> tuple[int, int]:

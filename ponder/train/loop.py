@@ -71,7 +71,12 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
     """Train (or resume) a run in `out_dir`. Returns the final test evaluation, or, when
     the run stopped early for time or a signal, `{"stopped": reason, "step": ...}`."""
     with process_settings(cfg.train.threads):
-        trainer = Trainer(cfg, Path(out_dir), resume=resume, progress=progress, quiet=quiet)
+        trainer_class = Trainer
+        from ponder.lm.models import LM_FAMILIES
+
+        if cfg.model.family in LM_FAMILIES:  # a causal language model on a text task
+            from ponder.lm.train import LMTrainer as trainer_class
+        trainer = trainer_class(cfg, Path(out_dir), resume=resume, progress=progress, quiet=quiet)
         try:
             return trainer.run()
         finally:
@@ -179,7 +184,7 @@ class TrainerBase:
         self.main = self.dist.main
         self.progress = progress and self.main
         self.quiet = quiet or not self.main
-        self.batching = resolve_batching(tc.batching, self.device)
+        self.batching = self.batching_mode()
         if loaded is not None and loaded[1].get("batching", self.batching) != self.batching:
             # train.batching=auto resumed on another kind of device: a step must keep its meaning
             self.batching = loaded[1]["batching"]
@@ -197,6 +202,9 @@ class TrainerBase:
         self.stop_reason: str | None = None
 
     # hooks: the subclass's part
+    def batching_mode(self) -> str:
+        return resolve_batching(self.tc.batching, self.device)
+
     def setup_data(self) -> None:
         raise NotImplementedError
 
@@ -361,17 +369,19 @@ class TrainerBase:
             speed["examples_per_s"] = round(m["examples"] / max(m["seconds"], 1e-9), 2)
         if self.peak:
             speed["mfu"] = round(self.flops_per_unit * rate / self.peak, 4)
-        record = {"event": "train", "step": step, "lr": lr}
-        for key in ("loss", "halt_loss", "accuracy", "segments"):
-            record[key] = None if m[key] is None else round(m[key], 6)
-        record.update(updates=m["updates"], examples=m["examples"], speed=speed)
+        record = {"event": "train", "step": step, "lr": lr, "loss": round(m["loss"], 6)}
+        if self.unit == "example_segments":  # deep supervision: the halting loss and the examples that finished
+            for key in ("halt_loss", "accuracy", "segments"):
+                record[key] = None if m[key] is None else round(m[key], 6)
+            record["examples"] = m["examples"]
+        record.update(updates=m["updates"], speed=speed)
         if self.log is not None:
             self.log.write(record)
         return record
 
     def postfix(self, record: dict[str, Any], last_val: dict[str, Any] | None) -> dict[str, str]:
         post = {"loss": f"{record['loss']:.3f}"}
-        if record["accuracy"] is not None:
+        if record.get("accuracy") is not None:
             post["acc"] = f"{record['accuracy']:.2f}"
             post["seg"] = f"{record['segments']:.1f}"
         speed = record["speed"]

@@ -7,21 +7,37 @@ from pathlib import Path
 from ponder.run_folder import PLOT, read_log, read_results
 
 
+def _figure(width: float, panels: int):
+    """A Figure with its own Agg canvas: no pyplot, so no global backend is chosen or changed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, 4))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, panels)
+
+
+def _save(fig, run_dir: Path) -> Path:
+    fig.tight_layout()
+    path = run_dir / PLOT
+    tmp = path.with_name("curves.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+    return path
+
+
 def plot_run(run_dir: str | Path) -> Path:
-    """Write `curves.png`: loss, train/val accuracy by step, test accuracy by segment."""
+    """Write `curves.png`: loss, train/val accuracy by step, test accuracy by segment (a
+    language-model run: loss by step, validation loss by step and by test-time depth)."""
     run_dir = Path(run_dir)
     log = read_log(run_dir)
     train = [r for r in log if r.get("event") == "train"]
     val = [r for r in log if r.get("event") == "val"]
     test = read_results(run_dir)
+    if any("loss_by_recurrence" in r for r in val):
+        return plot_language_run(run_dir, train, val, test)
 
-    # A Figure with its own Agg canvas: no pyplot, so no global backend is chosen or changed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(15, 4))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
+    fig, axes = _figure(15, 3)
     ax = axes[0]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8)
     ax.set(xlabel="batch", ylabel="token loss", yscale="log", title="training loss")
@@ -40,9 +56,26 @@ def plot_run(run_dir: str | Path) -> Path:
     ax.set(xlabel="segments (thinking steps)", ylabel="exact accuracy", ylim=(0, 1.02), title="accuracy vs thinking steps")
     for a in axes:
         a.grid(alpha=0.3)
-    fig.tight_layout()
-    path = run_dir / PLOT
-    tmp = path.with_name("curves.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-    return path
+    return _save(fig, run_dir)
+
+
+def plot_language_run(run_dir: Path, train: list, val: list, test: dict | None) -> Path:
+    """Training loss, validation loss by step, and the final validation loss against the
+    test-time recurrence (flat for a model without one)."""
+    fig, axes = _figure(15, 3)
+    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8)
+    axes[0].set(xlabel="step", ylabel="loss (nats per token)", title="training loss")
+    axes[1].plot([r["step"] for r in val], [r["loss"] for r in val], "o-")
+    axes[1].set(xlabel="step", ylabel="loss (nats per token)", title="validation loss")
+    final = (test or (val[-1] if val else {})).get("loss_by_recurrence", {})
+    depths = sorted((int(k), v) for k, v in final.items() if k != "default")
+    if depths:
+        axes[2].plot([d for d, _ in depths], [v for _, v in depths], "o-")
+        axes[2].set(xscale="log", xlabel="test-time recurrence r", ylabel="validation loss", title="loss vs thinking depth")
+    elif "default" in final:
+        axes[2].axhline(final["default"], c="gray", ls="--", label="no recurrence")
+        axes[2].legend()
+        axes[2].set(xlabel="test-time recurrence r", ylabel="validation loss", title="loss vs thinking depth")
+    for a in axes:
+        a.grid(alpha=0.3)
+    return _save(fig, run_dir)

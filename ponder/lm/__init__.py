@@ -1,0 +1,1 @@
+"""Causal language models: text corpora, tokenizers and training windows (`ponder.lm.text`)."""

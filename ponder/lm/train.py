@@ -1,0 +1,256 @@
+"""Training a causal language model: the run machinery of `ponder.train.loop.TrainerBase`
+(devices, ranks, checkpoints, resume, stops, logging) with a language model's step.
+
+    x, y = windows(train tokens, context, batch, seed, step)   # random windows, from (seed, step)
+    r    = r_for_step(mean, sigma, seed, step)                  # recurrent families: this step's depth
+    loss = cross_entropy(model(x, r).logits, y)                 # next-token loss; one update
+
+Both draws are pure functions of (seed, step), so a resumed run repeats the uninterrupted
+one. Validation reports the loss on fixed validation windows at every test-time depth of
+`train.eval_recurrence` (recurrent families; one depth otherwise), in bits per character
+too for character corpora; the final evaluation adds, for the reasoning corpora, exact
+match of generated answers by problem depth and recurrence.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ponder.config import RunConfig, TaskConfig, parse_int_list
+from ponder.errors import PonderInputError
+from ponder.lm.evaluate import answer_accuracy, validation_loss
+from ponder.lm.models import LM_FAMILIES, build_lm, r_for_step
+from ponder.lm.text import TEXT_TASKS, CharTokenizer, TextDataset, build_text, load_text, save_text, windows
+from ponder.models.driver import autocast_context
+from ponder.run_folder import RESULTS, write_atomic
+from ponder.train.ema import EMA
+from ponder.train.loop import DTYPES, TrainerBase
+
+# task.* keys a text task may take, by the option name its builder uses
+TASK_OPTIONS = ("text_file", "vocab_size", "digits", "entities", "train_depths", "test_depths", "train_size", "val_size", "test_size")
+
+
+def is_language_model(family: str) -> bool:
+    return family in LM_FAMILIES
+
+
+def text_options(cfg: TaskConfig) -> dict[str, Any]:
+    """The text task's options from the task section: the keys it takes that are set;
+    a set key it does not take is an error naming it."""
+    task = TEXT_TASKS[cfg.name]
+    base = TaskConfig()
+    options = {}
+    for key in TASK_OPTIONS + ("blanks", "train_file", "test_file", "augmentations", "augment", "eval_demos", "concept_arc", "translate"):
+        value = getattr(cfg, key)
+        if value == getattr(base, key):
+            continue
+        if key not in task.options:
+            raise PonderInputError(f"config key 'task.{key}': not used by task '{cfg.name}' (it takes {', '.join('task.' + k for k in task.options)})")
+        options[key] = value
+    return options
+
+
+def load_text_for(cfg: TaskConfig, progress: bool = False) -> TextDataset:
+    """The task's text dataset: the folder `task.data_dir`, or built from the config and
+    kept in the dataset cache (`ponder.tasks.cache_root`) for the next run."""
+    from ponder.tasks import cache_root
+
+    if cfg.data_dir:
+        dataset = load_text(Path(cfg.data_dir))
+        if dataset.name != cfg.name:
+            raise PonderInputError(f"{cfg.data_dir}: holds a '{dataset.name}' dataset but task.name is '{cfg.name}'")
+        return dataset
+    options = text_options(cfg)
+    root = cache_root()
+    if root is None:
+        return build_text(cfg.name, options, seed=cfg.seed, progress=progress)
+    import hashlib
+
+    source = Path(options.get("text_file", "")) if options.get("text_file") else None
+    stamp = [str(source.resolve()), source.stat().st_size, source.stat().st_mtime_ns] if source is not None and source.is_file() else []
+    key = hashlib.sha256(json.dumps({"name": cfg.name, "seed": cfg.seed, "options": options, "source": stamp, "format": 1}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    folder = root / "text" / f"{cfg.name}-{key}"
+    if (folder / "manifest.json").is_file():
+        try:
+            return load_text(folder)
+        except PonderInputError:
+            pass
+    dataset = build_text(cfg.name, options, seed=cfg.seed, progress=progress)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        save_text(dataset, tmp)
+        if not (folder / "manifest.json").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass
+    return dataset
+
+
+def lm_arguments(cfg) -> dict[str, Any]:
+    """`build_lm`'s flat arguments from the model section."""
+    common = dict(hidden=cfg.hidden, heads=cfg.heads, expansion=cfg.expansion, mlp_multiple=cfg.mlp_multiple)
+    if cfg.family == "gpt":
+        return dict(common, layers=cfg.layers)
+    if cfg.family == "ilr":
+        return dict(common, layers=cfg.layers, repeats=parse_int_list(cfg.repeats) if cfg.repeats else None)
+    parts = dict(common, prelude_layers=cfg.prelude_layers, core_layers=cfg.core_layers, coda_layers=cfg.coda_layers,
+                 state_init_std=cfg.state_init_std)
+    if cfg.family == "recurrent-lm":
+        return dict(parts, mean_r=cfg.cycles, backprop_depth=cfg.truncate_steps)
+    return dict(parts, solver=cfg.solver, solver_iters=cfg.solver_iters, solver_tol=cfg.solver_tol,
+                solver_backward=cfg.solver_backward, jacobian_weight=cfg.jacobian_weight)
+
+
+def build_language_model(cfg, vocab: int):
+    try:
+        return build_lm(cfg.family, vocab, cfg.context, **lm_arguments(cfg))
+    except ValueError as e:
+        raise PonderInputError(f"model '{cfg.family}': {e}") from None
+
+
+def lm_flops_per_token(model, context: int, r: int | None) -> float:
+    """Training FLOPs per token (forward and backward of one window at depth r), as
+    `torch.utils.flop_counter` counts them on a one-window batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    idx = torch.zeros(1, context, dtype=torch.long, device=device)
+    was = model.training
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        out = model(idx, r=r) if model.recurrent else model(idx)
+        out.logits.float().sum().backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was)
+    return counter.get_total_flops() / context
+
+
+class LMTrainer(TrainerBase):
+    """Next-token training on a text task (see the module docstring)."""
+
+    unit = "tokens"
+
+    def batching_mode(self) -> str:
+        return "windows"  # a batch of random windows: no halting, nothing to shrink or refill
+
+    def setup_data(self) -> None:
+        self.text = load_text_for(self.cfg.task, progress=self.progress)
+        self.tokenizer = self.text.tokenizer
+        self.vocab = self.tokenizer.vocab_size
+        to_tensor = lambda a: torch.from_numpy(a.astype(np.int64)).to(self.device)  # noqa: E731
+        self.train_tokens = to_tensor(self.text.splits["train"])  # (N,)
+        self.val_tokens = to_tensor(self.text.splits["val"])
+        context = self.cfg.model.context
+        for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
+            if tokens.numel() <= context + 1:
+                raise PonderInputError(f"task '{self.text.name}': the {split} split has {tokens.numel()} tokens, fewer than model.context + 2 = {context + 2}")
+
+    def setup_model(self) -> None:
+        cfg, tc = self.cfg, self.tc
+        torch.manual_seed(tc.seed)
+        self.model = build_language_model(cfg.model, self.vocab).to(device=self.device, dtype=DTYPES[tc.dtype])
+        self.ema = EMA(self.model, tc.ema, ramp=tc.ema_ramp) if tc.ema > 0 else None
+        self.eval_model = self.ema.model if self.ema else self.model
+        self.recurrent = bool(getattr(self.model, "recurrent", False))
+        self.flops_per_unit = lm_flops_per_token(self.model, cfg.model.context, self.default_r())
+        self.peak = self.device_peak()
+
+    def default_r(self) -> int | None:
+        return getattr(self.model, "mean_r", None) if self.recurrent else None
+
+    def describe_data(self) -> str:
+        sizes = ", ".join(f"{k} {v.size:,}" for k, v in self.text.splits.items())
+        return f"task {self.text.name}: {sizes} tokens, vocabulary {self.vocab}"
+
+    def train_step(self, step: int) -> None:
+        tc, model_cfg = self.tc, self.cfg.model
+        x, y = windows(self.train_tokens, model_cfg.context, tc.batch_size, tc.seed, step, self.dist.rank, self.dist.world)  # (b, T)
+        kwargs: dict[str, Any] = {}
+        if self.recurrent:
+            if model_cfg.family == "recurrent-lm":
+                kwargs["r"] = r_for_step(model_cfg.cycles, model_cfg.iteration_sigma, tc.seed, step)
+            noise = (tc.seed * 1_000_003 + step) * 64 + self.dist.rank  # the state's initial noise: from (seed, step, rank)
+            kwargs["generator"] = torch.Generator(device=self.device).manual_seed(noise)
+        with autocast_context(self.device, tc.autocast):
+            out = self.forward(x, **kwargs)
+        loss = F.cross_entropy(out.logits.float().flatten(0, 1), y.flatten())
+        total = loss if out.penalty is None else loss + out.penalty
+        self.update(total)
+        self.meter.add_update(loss.detach(), torch.zeros((), device=self.device), x.numel())
+
+    def recurrences(self) -> list[int | None]:
+        return parse_int_list(self.tc.eval_recurrence) if self.recurrent else [None]
+
+    def evaluate_loss(self) -> dict[str, Any]:
+        """Validation loss at each test-time depth (one for non-recurrent families)."""
+        tc = self.tc
+        model = self.eval_model
+        losses = {}
+        for r in self.recurrences():
+            losses["default" if r is None else str(r)] = validation_loss(
+                model, self.val_tokens, self.cfg.model.context, tc.batch_size, tc.eval_batches, r=r, autocast=tc.autocast,
+                rank=self.dist.rank, world=self.dist.world, reduce=self.dist.all_sum,
+            )
+        default = self.default_r()
+        loss = losses.get(str(default), losses.get("default", min(losses.values())))
+        record: dict[str, Any] = {"loss": round(loss, 6), "loss_by_recurrence": {k: round(v, 6) for k, v in losses.items()}}
+        if self.recurrent:
+            best = min(losses, key=losses.get)
+            record.update(best_recurrence=int(best), best_loss=round(losses[best], 6))
+        if isinstance(self.tokenizer, CharTokenizer):  # a token is a character: the loss in bits is bits per character
+            record["bits_per_character"] = round(loss / math.log(2), 6)
+        return record
+
+    def val_summary(self, record: dict[str, Any]) -> str:
+        return f"{record['loss']:.3f}"
+
+    def validate(self, step: int) -> dict[str, Any]:
+        record = {"event": "val", "step": step, **self.evaluate_loss()}
+        if self.log is not None:
+            self.log.write(record)
+        self.meter.started = time.perf_counter()
+        return record
+
+    def data_position(self, step: int) -> dict[str, int]:
+        return {"windows_drawn": step * self.tc.batch_size}
+
+    def task_shape(self) -> dict[str, Any]:
+        return {"name": self.text.name, "vocab": self.vocab, "context": self.cfg.model.context, "tokenizer": self.tokenizer.to_dict()}
+
+    def finish(self, step: int) -> dict[str, Any]:
+        """The final evaluation: validation loss by depth (the text corpora have no test
+        split), and for the reasoning corpora exact match of generated answers on the test
+        problems by problem depth and recurrence."""
+        tc = self.tc
+        result: dict[str, Any] = {"split": "val", "step": step, "train_seconds": round(self.train_seconds(), 1)}
+        result.update(self.evaluate_loss())
+        problems = self.text.problems.get("test") or []
+        if problems:
+            result["split"] = "val (loss), test (answers)"
+            result["answers"] = {
+                ("default" if r is None else str(r)): answer_accuracy(self.eval_model, self.tokenizer, problems, r=r, autocast=tc.autocast)
+                for r in self.recurrences()
+            }
+        result["total_seconds"] = round(time.time() - self.t0, 1)
+        if self.main:
+            self.log.write({"event": "test", **result})
+            write_atomic(self.out_dir / RESULTS, json.dumps(result, indent=2) + "\n")
+            from ponder.viz.plots import plot_run
+
+            plot_run(self.out_dir)
+        return result

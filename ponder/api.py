@@ -70,8 +70,10 @@ def train(overrides: list[str] | None = None, preset: str | None = None, config:
 def evaluate(
     run: str, data: str | None = None, segments: int | None = None, split: str = "test", exit_tol: float | None = None,
     breadth: int = 1, init_noise: float = 0.5, langevin: float = 0.0, solver_iters: int | None = None,
+    recurrence: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a trained run (its EMA weights) with every segment's answer recorded.
+    """Evaluate a trained run (its EMA weights) with every segment's answer recorded (a
+    language-model run: validation loss by test-time recurrence).
 
     Args:
         run: the run folder
@@ -83,7 +85,10 @@ def evaluate(
         init_noise: with breadth: scale of the Gaussian noise added to the initial state of starts 2..K
         langevin: with breadth: scale of the noise added to those starts' state after every segment
         solver_iters: attractor runs: solver iterations per segment (0 removes the solver; default: the run's own)
+        recurrence: language runs: test-time recurrences, comma-separated, e.g. 1,4,16,64 (default: the run's train.eval_recurrence)
     """
+    if is_language_run(run):
+        return evaluate_language(run, recurrence)
     cfg, model, device = load_trained(run)
     if split not in ("test", "val"):
         raise PonderInputError(f"--split: expected test or val, got {split!r}")
@@ -134,6 +139,90 @@ def evaluate(
             autocast=cfg.train.autocast, ids=ids, seed=cfg.train.seed, calls_per_segment=calls, **options,
         ).to_dict()
     return {"data": source, **result.to_dict(), **extra}
+
+
+def evaluate_language(run: str, recurrence: str | None = None) -> dict[str, Any]:
+    """A language-model run's evaluation: validation loss (and bits per character) at
+    each test-time recurrence, and for a reasoning corpus generated-answer accuracy on
+    its test problems by depth."""
+    from ponder.config import parse_int_list
+    from ponder.lm.evaluate import answer_accuracy, validation_loss
+    from ponder.lm.text import CharTokenizer
+    from ponder.lm.train import load_text_for
+
+    cfg, model, tokenizer, device = load_language_run(run)
+    if recurrence is not None and not model.recurrent:
+        raise PonderInputError(f"--recurrence: {run} is a '{cfg.model.family}' run, which has no recurrent core")
+    try:
+        depths = parse_int_list(recurrence or cfg.train.eval_recurrence) if model.recurrent else [None]
+    except ValueError:
+        raise PonderInputError(f"--recurrence: expected comma-separated integers >= 1, got {recurrence!r}") from None
+    if model.recurrent and model.mean_r not in depths:  # the headline loss is at the model's own depth
+        depths = sorted(depths + [model.mean_r])
+    text = load_text_for(cfg.task)
+    val = torch.from_numpy(text.splits["val"].astype("int64")).to(device)
+    tc = cfg.train
+    losses = {("default" if r is None else str(r)): round(validation_loss(model, val, cfg.model.context, tc.batch_size, tc.eval_batches, r=r), 6) for r in depths}
+    loss = losses[str(model.mean_r) if model.recurrent else "default"]
+    result: dict[str, Any] = {"data": f"val split of {run}", "loss": loss, "loss_by_recurrence": losses}
+    if isinstance(tokenizer, CharTokenizer):
+        import math
+
+        result["bits_per_character"] = round(loss / math.log(2), 6)
+    problems = text.problems.get("test") or []
+    if problems:
+        result["answers"] = {("default" if r is None else str(r)): answer_accuracy(model, tokenizer, problems, r=r) for r in depths}
+    return result
+
+
+def sample(run: str, prompt: str = "\n", max_new: int = 200, temperature: float = 0.8, top_k: int = 0, recurrence: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Generate text from a language-model run (its EMA weights).
+
+    Args:
+        run: the run folder
+        prompt: the text to continue (every character must be in the run's vocabulary)
+        max_new: tokens to generate
+        temperature: 0 for greedy decoding
+        top_k: keep the k likeliest tokens at each step (0: all)
+        recurrence: core iterations per token for a recurrent model (0: its default)
+        seed: the sampling seed
+    """
+    cfg, model, tokenizer, device = load_language_run(run)
+    if max_new < 1 or temperature < 0 or top_k < 0 or recurrence < 0:
+        raise PonderInputError(f"--max-new >= 1, --temperature >= 0, --top-k >= 0 and --recurrence >= 0 expected, got {max_new}, {temperature}, {top_k}, {recurrence}")
+    if recurrence and not model.recurrent:
+        raise PonderInputError(f"--recurrence: {run} is a '{cfg.model.family}' run, which has no recurrent core")
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise PonderInputError("--prompt: empty; give at least one character")
+    idx = torch.tensor([ids[-model.context :]], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = model.generate(idx, max_new, temperature=temperature, top_k=top_k or None, r=recurrence or None, generator=generator)
+    new = out[0, idx.shape[1] :].tolist()
+    return {"prompt": prompt, "text": tokenizer.decode(new), "tokens": len(new), "recurrence": recurrence or getattr(model, "mean_r", None)}
+
+
+def probe(run: str, prompt: str, recurrence: int = 0, out: str | None = None) -> dict[str, Any]:
+    """Read a recurrent language model's latent state after every iteration (logit lens and
+    coda lens): the rank of the token it finally predicts and, for an arithmetic prompt,
+    of each intermediate result.
+
+    Args:
+        run: a recurrent-lm or attractor-lm run folder
+        prompt: the text whose last position is probed, e.g. 37+5*2=
+        recurrence: iterations to run and read (0: the model's default)
+        out: a PNG to write the ranks to
+    """
+    from ponder.lm.probe import plot_probe
+    from ponder.lm.probe import probe as run_probe
+
+    cfg, model, tokenizer, device = load_language_run(run)
+    if recurrence < 0:
+        raise PonderInputError(f"--recurrence: expected >= 0, got {recurrence}")
+    result = run_probe(model, tokenizer, prompt, recurrence or getattr(model, "mean_r", 1))
+    if out:
+        plot_probe(result, Path(out))
+    return {**result.to_dict(), **({"plot": out} if out else {})}
 
 
 def solve(run: str, puzzle: str, segments: int | None = None, exit_tol: float = 0.0) -> dict[str, Any]:
@@ -273,6 +362,13 @@ def data_build(name: str, overrides: list[str] | None = None, *, out: str, seed:
     values = {"task.name": name, "task.seed": seed, **{_task_key(k): v for k, v in parse_overrides(list(overrides or [])).items()}}
     cfg = apply_values(RunConfig(), values, "override")  # task defaults, not a preset's
     start = time.time()
+    if is_text_task(name):
+        from ponder.lm.text import build_text, save_text
+        from ponder.lm.train import text_options
+
+        manifest = save_text(build_text(name, text_options(cfg.task), seed=seed, progress=progress), out_dir)
+        counts = {k: int(v) for k, v in manifest.get("tokens", {}).items()}
+        return {"out": str(out_dir), "seconds": round(time.time() - start, 1), "counts": counts, "unit": "tokens", **manifest}
     dataset = build(cfg.task, progress=progress)
     manifest = save_dataset(dataset, out_dir)
     return {"out": str(out_dir), "seconds": round(time.time() - start, 1), **manifest}
@@ -286,6 +382,16 @@ def data_show(data: str, split: str = "train", n: int = 3) -> dict[str, Any]:
         split: which split
         n: how many examples
     """
+    if is_text_folder(Path(data)):
+        from ponder.lm.text import load_text
+
+        text = load_text(Path(data))
+        if split not in text.splits:
+            raise PonderInputError(f"{data}: no '{split}' split; it has {', '.join(text.splits)}")
+        tokens = text.splits[split]
+        problems = text.problems.get(split) or []
+        examples = [f"{p.prompt}{p.answer}   (depth {p.depth})" for p in problems[:n]] or [text.tokenizer.decode(tokens[: 200 * n])]
+        return {"data": str(data), "name": text.name, "split": split, "count": int(tokens.size), "counts": {k: int(v.size) for k, v in text.splits.items()}, "examples": examples}
     dataset = load_dataset(Path(data), verify=False)
     if split not in dataset.splits:
         raise PonderInputError(f"{data}: no '{split}' split; it has {', '.join(dataset.splits)}")
@@ -297,9 +403,13 @@ def data_show(data: str, split: str = "train", n: int = 3) -> dict[str, Any]:
 
 def data_list() -> list[dict[str, Any]]:
     """The tasks that 'ponder data build' and task.name accept."""
+    from ponder.lm.text import TEXT_TASKS
     from ponder.tasks.builders import BUILDERS
 
-    return [{"name": b.name, "raw": list(b.raw), "keys": list(b.keys), "defaults": b.defaults, "description": b.description} for b in BUILDERS.values()]
+    puzzles = [{"name": b.name, "raw": list(b.raw), "keys": list(b.keys), "defaults": b.defaults, "description": b.description} for b in BUILDERS.values()]
+    texts = [{"name": t.name, "raw": ["text"] if "text_file" in t.options else [], "keys": list(t.options), "defaults": t.options,
+              "description": t.description} for t in TEXT_TASKS.values()]
+    return puzzles + texts
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -309,6 +419,49 @@ def _task_key(key: str) -> str:
     if "." in key and not key.startswith("task."):
         raise PonderInputError(f"override '{key}': 'ponder data build' takes task keys only (e.g. test_size=500)")
     return key if key.startswith("task.") else f"task.{key}"
+
+def is_language_run(run: str | Path) -> bool:
+    from ponder.lm.models import LM_FAMILIES
+
+    return load_config(Path(run)).model.family in LM_FAMILIES
+
+
+def load_language_run(run: str | Path):
+    """(config, model with EMA weights in eval mode, tokenizer, device) of a
+    language-model run folder."""
+    from ponder.lm.text import tokenizer_from_dict
+    from ponder.lm.train import build_language_model
+
+    run_dir = Path(run)
+    cfg = load_config(run_dir)
+    tensors, meta = read_checkpoint(run_dir / CHECKPOINT)
+    shape = meta.get("task_shape", {})
+    if "tokenizer" not in shape:
+        raise PonderInputError(f"{run_dir / CHECKPOINT}: not a language-model checkpoint (no tokenizer in its metadata)")
+    device = pick_device(cfg.train.device)
+    model = build_language_model(cfg.model, int(shape["vocab"]))
+    prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
+    load_weights(model, tensors, prefix, run_dir / CHECKPOINT)
+    return cfg, model.to(device).eval(), tokenizer_from_dict(shape["tokenizer"]), device
+
+
+def is_text_task(name: str) -> bool:
+    from ponder.lm.text import TEXT_TASKS
+
+    return name in TEXT_TASKS
+
+
+def is_text_folder(folder: Path) -> bool:
+    """A folder written by `ponder data build` for a text task (its manifest says so)."""
+    import json
+
+    from ponder.lm.text import FORMAT
+
+    try:
+        return json.loads((folder / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
 
 def load_trained(run: str | Path):
     """(config, model with EMA weights in eval mode, device) from a run folder."""

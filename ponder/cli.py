@@ -24,6 +24,8 @@ VERBS: dict[str, Callable[..., Any]] = {
     "train": api.train,
     "eval": api.evaluate,
     "solve": api.solve,
+    "sample": api.sample,
+    "probe": api.probe,
     "presets": api.presets,
     "data build": api.data_build,
     "data show": api.data_show,
@@ -160,8 +162,28 @@ def show_task_metrics(metrics: dict[str, Any] | None) -> None:
 
 
 def show_eval(result: dict[str, Any]) -> None:
+    if "loss_by_recurrence" in result:
+        print(f"{result['data']}:")
+        show_language(result)
+        return
     print(f"{result['data']}: {result['n']} examples, {result['segments']} segments")
     show_scores(result)
+
+
+def show_sample(result: dict[str, Any]) -> None:
+    print(result["prompt"] + result["text"])
+
+
+def show_probe(result: dict[str, Any]) -> None:
+    """Rank of each token of interest after each iteration, one table per lens."""
+    print(f"{result['prompt']!r}: predicts {result['predicted']!r} after {result['recurrence']} iterations; rank (1 = likeliest) after each iteration")
+    for lens, by_token in result["ranks"].items():
+        print(f"  {lens}:")
+        width = max(len(label) for label in by_token)
+        for label, ranks in by_token.items():
+            print(f"    {label:<{width}}  " + " ".join(f"{r:>4d}" for r in ranks))
+    if "plot" in result:
+        print(f"  plot: {result['plot']}")
 
 
 def show_breadth(b: dict[str, Any]) -> None:
@@ -197,7 +219,11 @@ def show_presets(rows: list[dict[str, Any]]) -> None:
 
 def show_data_build(result: dict[str, Any]) -> None:
     counts = ", ".join(f"{k} {v:,}" for k, v in result["counts"].items())
-    print(f"{result['out']}: {result['name']} ({counts} examples; vocab {result['vocab']}, length {result['seq_len']})")
+    if result.get("unit") == "tokens":
+        problems = ", ".join(f"{k} {v:,}" for k, v in result.get("problems", {}).items())
+        print(f"{result['out']}: {result['name']} ({counts} tokens; vocabulary {result['vocab_size']}{'; problems ' + problems if problems else ''})")
+    else:
+        print(f"{result['out']}: {result['name']} ({counts} examples; vocab {result['vocab']}, length {result['seq_len']})")
     print(f"  {result['bytes'] / 2**20:.1f} MiB in {result['seconds']:.1f} s; sha256 {result['sha256']}")
 
 
@@ -226,7 +252,7 @@ def show_bench_solvers(rows: list[dict[str, Any]]) -> None:
 
 
 SHOW = {
-    "train": show_train, "eval": show_eval, "solve": show_solve, "presets": show_presets,
+    "train": show_train, "eval": show_eval, "solve": show_solve, "sample": show_sample, "probe": show_probe, "presets": show_presets,
     "data build": show_data_build, "data show": show_data_show, "data list": show_data_list,
     "bench solvers": show_bench_solvers,
 }

@@ -127,6 +127,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the segment step (refill batching keeps its shapes fixed: no recompiles after warm-up)
     peak_tflops: float = 0.0  # the device's peak dense TFLOP/s for the MFU figure; 0: looked up for known GPUs
     threads: int = 0  # CPU threads for torch during this run; 0 keeps torch's default
+    recurrence_warmup: int = 0  # recurrent-lm: steps over which the mean recurrence rises linearly from 1 to model.cycles (a curriculum, e.g. after retrofitting); 0: none
     eval_recurrence: str = "1,2,4,8,16,32,64"  # language models with a recurrent core: validation loss at each of these test-time depths
     eval_batches: int = 20  # language models: validation windows (batches of batch_size) per evaluation
 
@@ -247,6 +248,7 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("model.repeats", _int_list_ok(cfg.model.repeats), "comma-separated integers >= 1, e.g. 2,1,1,1"),
         ("train.eval_recurrence", _int_list_ok(cfg.train.eval_recurrence) and bool(cfg.train.eval_recurrence), "comma-separated integers >= 1"),
         ("train.eval_batches", cfg.train.eval_batches >= 1, ">= 1"),
+        ("train.recurrence_warmup", cfg.train.recurrence_warmup >= 0, ">= 0"),
         ("task.vocab_size", cfg.task.vocab_size >= 0, ">= 0"),
         ("task.digits", cfg.task.digits >= 0, ">= 0"),
         ("task.entities", cfg.task.entities >= 0, ">= 0"),

@@ -3,7 +3,9 @@
 Every family shares `CausalLM`: a token embedding (scaled by sqrt(D), as in the puzzle
 models), pre-norm causal blocks with RoPE at absolute positions, a final RMSNorm and an
 output head whose weight is, by default, the embedding's (tied, as in GPT-2/nanoGPT;
-`tie_embeddings=False` gives a separate head). Generation runs one new token per step
+`tie_embeddings=False` gives a separate head). Options turn these parts into GPT-2's
+(LayerNorm, GELU MLP, biases, learned positions, no embedding scale; see `CausalLM`), so
+a trained GPT-2 loads into `GPT` exactly (`ponder.lm.retrofit.load_gpt2_folder`). Generation runs one new token per step
 against a `KVCache` of past keys and values, which gives the same logits as recomputing
 the whole sequence.
 
@@ -16,7 +18,8 @@ RecurrentLM  prelude / recurrent core / coda ("Scaling up test-time compute with
              reasoning"): the prelude embeds the text once into e; the core is iterated
              r times on a state s, s <- norm(core(adapter([s, e]))), the prelude output
              re-injected each time; the coda and head read the last state. A looped
-             (Universal) LM is the case prelude_layers = coda_layers = 0.
+             (Universal) LM is the case prelude_layers = coda_layers = 0. A trained
+             GPT's layers can be retrofitted into one (`ponder.lm.retrofit`).
 AttractorLM  the same parts, but the state is the fixed point s* = norm(core(adapter([s*, e])))
              found by a solver, with implicit gradients ("Solve the Loop: Attractor Models").
 
@@ -35,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ponder.models.depthrec import sample_iterations
-from ponder.nn.blocks import InputEmbedding, KVCache, RMSNorm, Stack, linear
+from ponder.nn.blocks import InputEmbedding, KVCache, RMSNorm, Stack, linear, make_norm
 from ponder.solvers import BACKWARDS, METHODS, SolverTrace, fixed_point
 
 
@@ -70,22 +73,42 @@ class CausalLM(nn.Module):
     by implementing `run` (embedded tokens -> `LMOutput`).
 
     `context`: the longest sequence a forward takes (positions of a cached sequence
-    included). `norm_affine`: the block and final norms get a learned per-channel weight."""
+    included). `norm_affine`: the block and final norms get a learned per-channel weight
+    (and, with LayerNorm, a bias).
+
+    Architecture options, defaults first (GPT-2's choice in brackets): `norm_kind` "rms"
+    ["layer"] with epsilon `norm_eps`, `mlp_kind` "swiglu" ["gelu", tanh approximation],
+    `bias` False [True] on attention and MLP projections, `positions` "rope" ["learned":
+    a table of `context` vectors added to the token embedding], `embed_scale` True [False]
+    multiplies the embedding by sqrt(D). `common_args` records all of them, so a model
+    of the same shape can be built from these flat arguments (`ponder.lm.retrofit`)."""
 
     recurrent = False  # takes a recurrence r
 
     def __init__(
         self, vocab: int, context: int, hidden: int = 128, heads: int = 4, expansion: float = 4.0,
         mlp_multiple: int = 16, norm_affine: bool = True, tie_embeddings: bool = True,
+        norm_kind: str = "rms", mlp_kind: str = "swiglu", bias: bool = False, positions: str = "rope",
+        embed_scale: bool = True, norm_eps: float = 1e-5,
     ):
         super().__init__()
+        if positions not in ("rope", "learned"):
+            raise ValueError(f"positions: expected 'rope' or 'learned', got {positions!r}")
         self.vocab, self.context, self.hidden = vocab, context, hidden
-        self.stack_args = dict(
-            dim=hidden, heads=heads, expansion=expansion, mixer="attention", seq_len=context, rope=True,
-            mlp_multiple=mlp_multiple, norm="pre", causal=True, norm_affine=norm_affine,
+        self.common_args = dict(
+            hidden=hidden, heads=heads, expansion=expansion, mlp_multiple=mlp_multiple, norm_affine=norm_affine,
+            tie_embeddings=tie_embeddings, norm_kind=norm_kind, mlp_kind=mlp_kind, bias=bias, positions=positions,
+            embed_scale=embed_scale, norm_eps=norm_eps,
         )
-        self.embed = InputEmbedding(vocab, hidden, context, learned_positions=False)
-        self.norm = RMSNorm(hidden, affine=norm_affine)
+        self.stack_args = dict(
+            dim=hidden, heads=heads, expansion=expansion, mixer="attention", seq_len=context, rope=positions == "rope",
+            mlp_multiple=mlp_multiple, norm="pre", causal=True, norm_affine=norm_affine,
+            norm_kind=norm_kind, mlp_kind=mlp_kind, bias=bias, norm_eps=norm_eps,
+        )
+        self.embed = InputEmbedding(
+            vocab, hidden, context, learned_positions=positions == "learned", scale=embed_scale, position_scale=1.0,
+        )
+        self.norm = make_norm(norm_kind, hidden, norm_affine, norm_eps)
         self.head = None if tie_embeddings else linear(hidden, vocab)
 
     def make_stack(self, layers: int) -> Stack:
@@ -116,7 +139,7 @@ class CausalLM(nn.Module):
         offset = 0 if cache is None else cache.length
         if offset + idx.shape[1] > self.context:
             raise ValueError(f"{offset} cached + {idx.shape[1]} new positions exceed the context of {self.context}")
-        out = self.run(self.embed(idx), r, cache, return_states, generator)  # embed: (B, T, D)
+        out = self.run(self.embed(idx, offset=offset), r, cache, return_states, generator)  # embed: (B, T, D)
         if cache is not None:
             cache.length += idx.shape[1]
         return out
@@ -165,7 +188,8 @@ def sample_token(logits: torch.Tensor, temperature: float, top_k: int | None, ge
 
 class GPT(CausalLM):
     """`layers` pre-norm causal blocks: the non-recurrent baseline (nanoGPT's shape, with
-    RMSNorm, SwiGLU and RoPE in place of LayerNorm, GELU and learned positions; no dropout)."""
+    RMSNorm, SwiGLU and RoPE in place of LayerNorm, GELU and learned positions by default;
+    `CausalLM`'s options give GPT-2's layer exactly; no dropout)."""
 
     def __init__(self, vocab: int, context: int, layers: int = 4, **common):
         """`common`: `CausalLM`'s arguments (hidden, heads, expansion, ...)."""
@@ -206,6 +230,10 @@ class RecurrentLM(CausalLM):
 
     The state norm (weightless RMSNorm) keeps s on one scale however many iterations run,
     so r can grow at test time. With prelude_layers = 0, e is the embedding (a looped LM).
+    `state_norm=False` drops it (s_i = core(adapter([s_{i-1}, e]))): the recurrent-depth
+    papers' models, trained from scratch, have it, but a model retrofitted from a trained
+    GPT does not, since its coda expects the unnormalised residual stream that its
+    earlier layers produced; the state's scale is then left to training.
 
     Initial state: in training mode, Gaussian noise of std `state_init_std` (from
     `generator` if given, else the global RNG); in eval mode, zeros unless a generator is
@@ -220,7 +248,7 @@ class RecurrentLM(CausalLM):
 
     def __init__(
         self, vocab: int, context: int, prelude_layers: int = 1, core_layers: int = 2, coda_layers: int = 1,
-        mean_r: int = 4, state_init_std: float = 1.0, backprop_depth: int | None = 4, **common,
+        mean_r: int = 4, state_init_std: float = 1.0, backprop_depth: int | None = 4, state_norm: bool = True, **common,
     ):
         """`mean_r`: the recurrence when forward gets r=None (training samples around it
         with `r_for_step`). `common`: `CausalLM`'s arguments."""
@@ -235,7 +263,7 @@ class RecurrentLM(CausalLM):
         self.prelude = self.make_stack(prelude_layers)
         self.adapter = linear(2 * self.hidden, self.hidden)
         self.core = self.make_stack(core_layers)
-        self.state_norm = RMSNorm(self.hidden)
+        self.state_norm = RMSNorm(self.hidden) if state_norm else nn.Identity()
         self.coda = self.make_stack(coda_layers)
 
     def initial_state(self, e: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

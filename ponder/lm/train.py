@@ -183,7 +183,7 @@ class LMTrainer(TrainerBase):
         kwargs: dict[str, Any] = {}
         if self.recurrent:
             if model_cfg.family == "recurrent-lm":
-                kwargs["r"] = r_for_step(model_cfg.cycles, model_cfg.iteration_sigma, tc.seed, step)
+                kwargs["r"] = r_for_step(self.mean_recurrence(step), model_cfg.iteration_sigma, tc.seed, step)
             noise = (tc.seed * 1_000_003 + step) * 64 + self.dist.rank  # the state's initial noise: from (seed, step, rank)
             kwargs["generator"] = torch.Generator(device=self.device).manual_seed(noise)
         with autocast_context(self.device, tc.autocast):
@@ -193,8 +193,19 @@ class LMTrainer(TrainerBase):
         self.update(total)
         self.meter.add_update(loss.detach(), torch.zeros((), device=self.device), x.numel())
 
+    def mean_recurrence(self, step: int) -> float:
+        """This step's mean training depth: model.cycles, reached linearly from 1 over
+        `train.recurrence_warmup` steps when a curriculum is set."""
+        target, warmup = self.cfg.model.cycles, self.tc.recurrence_warmup
+        if warmup <= 0 or step >= warmup:
+            return float(target)
+        return 1.0 + (target - 1) * step / warmup
+
     def recurrences(self) -> list[int | None]:
-        return parse_int_list(self.tc.eval_recurrence) if self.recurrent else [None]
+        """The test-time depths evaluated: `train.eval_recurrence` and the model's own."""
+        if not self.recurrent:
+            return [None]
+        return sorted(set(parse_int_list(self.tc.eval_recurrence)) | {self.default_r()})
 
     def evaluate_loss(self) -> dict[str, Any]:
         """Validation loss at each test-time depth (one for non-recurrent families)."""
@@ -206,8 +217,7 @@ class LMTrainer(TrainerBase):
                 model, self.val_tokens, self.cfg.model.context, tc.batch_size, tc.eval_batches, r=r, autocast=tc.autocast,
                 rank=self.dist.rank, world=self.dist.world, reduce=self.dist.all_sum,
             )
-        default = self.default_r()
-        loss = losses.get(str(default), losses.get("default", min(losses.values())))
+        loss = losses[str(self.default_r()) if self.recurrent else "default"]
         record: dict[str, Any] = {"loss": round(loss, 6), "loss_by_recurrence": {k: round(v, 6) for k, v in losses.items()}}
         if self.recurrent:
             best = min(losses, key=losses.get)

@@ -7,6 +7,11 @@ many times a block is applied. `norm="pre"` gives the GPT-style pre-norm block
 (`h = h + f(norm(h))`) that causal language models use; `causal=True` makes attention
 causal, and a `KVCache` lets it extend a sequence one step at a time (generation).
 
+GPT-2's layer is one set of options away: `norm_kind="layer"` (LayerNorm with weight and
+bias), `mlp_kind="gelu"` (the plain `proj(gelu_tanh(fc(x)))` MLP) and `bias=True` (biases
+on every projection), with learned positions in place of RoPE (`rope=False`, positions in
+`InputEmbedding`). This lets a trained GPT-2 run, unchanged, inside ponder's models.
+
 Initialisation follows the HRM/TRM code: every linear layer's weight is drawn from a
 normal truncated at two standard deviations and rescaled so that its standard deviation
 is exactly 1/sqrt(fan_in) (truncated LeCun normal), biases start at zero, embeddings use
@@ -69,6 +74,20 @@ class RMSNorm(nn.Module):
         return x.to(dtype)
 
 
+NORM_KINDS = ("rms", "layer")
+MLP_KINDS = ("swiglu", "gelu")
+
+
+def make_norm(kind: str, dim: int, affine: bool, eps: float = 1e-5) -> nn.Module:
+    """A norm over the last axis: "rms" (`RMSNorm`) or "layer" (`nn.LayerNorm`, whose
+    affine form has a weight and a bias, as GPT-2's)."""
+    if kind == "rms":
+        return RMSNorm(dim, eps=eps, affine=affine)
+    if kind == "layer":
+        return nn.LayerNorm(dim, eps=eps, elementwise_affine=affine)
+    raise ValueError(f"norm_kind: expected one of {', '.join(NORM_KINDS)}, got {kind!r}")
+
+
 class SwiGLU(nn.Module):
     """Gated MLP `down(silu(gate(x)) * up(x))` on the last axis; the inner width is
     `2/3 * expansion * dim` (so the parameter count matches a plain MLP of width
@@ -76,13 +95,13 @@ class SwiGLU(nn.Module):
 
     `conv > 0` adds the Universal Reasoning Model's short depthwise convolution over
     the sequence axis on the gated inner activations (kernel `conv`, left-padded so
-    position t sees t-conv+1..t); input (B, L, dim)."""
+    position t sees t-conv+1..t); input (B, L, dim). `bias`: both projections get one."""
 
-    def __init__(self, dim: int, expansion: float = 4.0, multiple: int = 16, conv: int = 0):
+    def __init__(self, dim: int, expansion: float = 4.0, multiple: int = 16, conv: int = 0, bias: bool = False):
         super().__init__()
         inner = int(math.ceil(round(expansion * dim * 2 / 3) / multiple) * multiple)
-        self.gate_up = linear(dim, 2 * inner)
-        self.down = linear(inner, dim)
+        self.gate_up = linear(dim, 2 * inner, bias=bias)
+        self.down = linear(inner, dim, bias=bias)
         self.conv = nn.Conv1d(inner, inner, conv, groups=inner, bias=False) if conv > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,6 +111,20 @@ class SwiGLU(nn.Module):
             k = self.conv.kernel_size[0]
             inner = self.conv(F.pad(inner.transpose(1, 2), (k - 1, 0))).transpose(1, 2)  # (B, L, inner)
         return self.down(inner)
+
+
+class GeluMLP(nn.Module):
+    """GPT-2's MLP `proj(gelu(fc(x)))`, GELU in its tanh approximation; the inner width is
+    exactly `expansion * dim` (no rounding up: a loaded model's width is what it is)."""
+
+    def __init__(self, dim: int, expansion: float = 4.0, bias: bool = False):
+        super().__init__()
+        inner = int(round(expansion * dim))
+        self.fc = linear(dim, inner, bias=bias)
+        self.proj = linear(inner, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))  # (B, L, inner) inside
 
 
 class Rotary(nn.Module):
@@ -167,16 +200,20 @@ class KVCache:
 class Attention(nn.Module):
     """Multi-head self-attention through PyTorch SDPA, with optional RoPE; bidirectional,
     or causal with `causal=True`. With a `KVCache` the input holds only the new positions:
-    they are rotated at their absolute positions and attend to the cached ones too."""
+    they are rotated at their absolute positions and attend to the cached ones too.
+    `bias`: the input and output projections get one (GPT-2)."""
 
-    def __init__(self, dim: int, heads: int, rotary: Rotary | None = None, mask: torch.Tensor | None = None, causal: bool = False):
+    def __init__(
+        self, dim: int, heads: int, rotary: Rotary | None = None, mask: torch.Tensor | None = None, causal: bool = False,
+        bias: bool = False,
+    ):
         super().__init__()
         if dim % heads:
             raise ValueError(f"hidden size {dim} is not divisible by heads {heads}")
         self.heads = heads
         self.causal = causal
-        self.qkv = linear(dim, 3 * dim)
-        self.out = linear(dim, dim)
+        self.qkv = linear(dim, 3 * dim, bias=bias)  # output: q, k, v, each head after head
+        self.out = linear(dim, dim, bias=bias)
         self.rotary = rotary
         # Optional (L, L) bool mask: True where a query may attend to a key.
         self.register_buffer("mask", mask, persistent=False)
@@ -235,18 +272,26 @@ class Block(nn.Module):
     norm="pre" (GPT-style language models): `h = h + f(norm(h))`, norms over the hidden
     axis; the residual stream is left unnormalised, so a final norm belongs to the model.
     `norm_affine`: the norms get a learned per-channel weight (HRM/TRM's have none).
-    `causal`: attention sees only earlier positions (not possible with the sequence MLP)."""
+    `causal`: attention sees only earlier positions (not possible with the sequence MLP).
+    `norm_kind`: "rms" or "layer" (see `make_norm`), with epsilon `norm_eps`. `mlp_kind`:
+    "swiglu" or "gelu" (GPT-2's MLP; no convolution). `bias`: attention and channel-MLP
+    projections get biases. The defaults are HRM/TRM's block."""
 
     def __init__(
         self, dim: int, heads: int, expansion: float, mixer: str, seq_len: int, rotary: Rotary | None,
         mask: torch.Tensor | None = None, mlp_multiple: int = 16, mlp_conv: int = 0,
         norm: str = "post", causal: bool = False, norm_affine: bool = False,
+        norm_kind: str = "rms", mlp_kind: str = "swiglu", bias: bool = False, norm_eps: float = 1e-5,
     ):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm: expected 'post' or 'pre', got {norm!r}")
+        if mlp_kind not in MLP_KINDS:
+            raise ValueError(f"mlp_kind: expected one of {', '.join(MLP_KINDS)}, got {mlp_kind!r}")
+        if mlp_kind == "gelu" and mlp_conv:
+            raise ValueError("mlp_conv needs mlp_kind='swiglu': the convolution acts on the gated activations")
         if mixer == "attention":
-            self.mix = Attention(dim, heads, rotary, mask, causal=causal)
+            self.mix = Attention(dim, heads, rotary, mask, causal=causal, bias=bias)
         elif mixer == "mlp":
             if causal:
                 raise ValueError("the sequence MLP mixes every position with every other: it cannot be causal")
@@ -254,9 +299,12 @@ class Block(nn.Module):
         else:
             raise ValueError(f"mixer: expected 'attention' or 'mlp', got {mixer!r}")
         self.pre = norm == "pre"
-        self.mlp = SwiGLU(dim, expansion, mlp_multiple, conv=mlp_conv)
-        self.norm1 = RMSNorm(dim, affine=norm_affine)
-        self.norm2 = RMSNorm(dim, affine=norm_affine)
+        if mlp_kind == "gelu":
+            self.mlp = GeluMLP(dim, expansion, bias=bias)
+        else:
+            self.mlp = SwiGLU(dim, expansion, mlp_multiple, conv=mlp_conv, bias=bias)
+        self.norm1 = make_norm(norm_kind, dim, norm_affine, norm_eps)
+        self.norm2 = make_norm(norm_kind, dim, norm_affine, norm_eps)
 
     def forward(self, h: torch.Tensor, cache: KVCache | None = None, key: object = None) -> torch.Tensor:
         """h: (B, L, D) -> (B, L, D). `cache`, `key`: the attention's KV cache and entry name."""
@@ -279,17 +327,20 @@ class Block(nn.Module):
 
 class Stack(nn.Module):
     """`layers` blocks applied in order: the small network a recurrent model reuses.
-    `norm`, `causal`, `norm_affine`: see `Block`."""
+    `norm`, `causal`, `norm_affine`, `norm_kind`, `mlp_kind`, `bias`, `norm_eps`: see `Block`."""
 
     def __init__(
         self, dim: int, heads: int, layers: int, expansion: float, mixer: str, seq_len: int, rope: bool,
         mask: torch.Tensor | None = None, mlp_multiple: int = 16, mlp_conv: int = 0,
         norm: str = "post", causal: bool = False, norm_affine: bool = False,
+        norm_kind: str = "rms", mlp_kind: str = "swiglu", bias: bool = False, norm_eps: float = 1e-5,
     ):
         super().__init__()
         rotary = Rotary(dim // heads, seq_len) if (rope and mixer == "attention") else None
+        kinds = dict(norm_kind=norm_kind, mlp_kind=mlp_kind, bias=bias, norm_eps=norm_eps)
         self.blocks = nn.ModuleList(
-            Block(dim, heads, expansion, mixer, seq_len, rotary, mask, mlp_multiple, mlp_conv, norm, causal, norm_affine) for _ in range(layers)
+            Block(dim, heads, expansion, mixer, seq_len, rotary, mask, mlp_multiple, mlp_conv, norm, causal, norm_affine, **kinds)
+            for _ in range(layers)
         )
 
     def forward(self, h: torch.Tensor, cache: KVCache | None = None, key: tuple = ()) -> torch.Tensor:
@@ -301,7 +352,7 @@ class Stack(nn.Module):
 
 class InputEmbedding(nn.Module):
     """Token embedding, optional learned positions, an optional puzzle-identifier
-    vector, all scaled by sqrt(D).
+    vector, all scaled by sqrt(D) (unless `scale=False`: GPT-2 adds its embeddings unscaled).
 
     The puzzle table (HRM/TRM) gives each training puzzle (each ARC task and
     augmentation) a learned vector. It is zero-initialised, so identifier 0 ("none"),
@@ -312,23 +363,32 @@ class InputEmbedding(nn.Module):
     code: position 0 holds the puzzle vector (or, for a task without identifiers, one
     learned vector shared by every example), the others zeros. Without a prefix the
     puzzle vector is added to every position. Learned positions (over P + L positions)
-    are added as 0.707 (x + positions), which keeps the variance of one term."""
+    are added as 0.707 (x + positions), which keeps the variance of one term;
+    `position_scale` replaces the 0.707 (1.0: a plain sum, as GPT-2's).
 
-    def __init__(self, vocab: int, dim: int, seq_len: int, learned_positions: bool, num_puzzles: int = 0, prefix: int = 0):
+    `forward(..., offset=t)` embeds positions t.. (a language model extending a cached
+    sequence); the puzzle models always embed the whole sequence from 0."""
+
+    def __init__(
+        self, vocab: int, dim: int, seq_len: int, learned_positions: bool, num_puzzles: int = 0, prefix: int = 0,
+        scale: bool = True, position_scale: float = LEARNED_POSITION_SCALE,
+    ):
         super().__init__()
-        self.scale = math.sqrt(dim)
+        self.scale = math.sqrt(dim) if scale else 1.0
+        self.position_scale = position_scale
         self.prefix = prefix
+        std = 1.0 / math.sqrt(dim)
         self.tokens = nn.Embedding(vocab, dim)
-        truncated_normal_(self.tokens.weight, 1.0 / self.scale)
-        self.positions = nn.Parameter(truncated_normal_(torch.empty(prefix + seq_len, dim), 1.0 / self.scale)) if learned_positions else None
+        truncated_normal_(self.tokens.weight, std)
+        self.positions = nn.Parameter(truncated_normal_(torch.empty(prefix + seq_len, dim), std)) if learned_positions else None
         self.puzzles = nn.Embedding(num_puzzles, dim, sparse=True) if num_puzzles else None
         if self.puzzles is not None:
             nn.init.zeros_(self.puzzles.weight)
         # a task without identifiers still gets the prefix's learned vector, shared by all
         self.shared = nn.Parameter(torch.zeros(dim)) if prefix and self.puzzles is None else None
 
-    def forward(self, tokens: torch.Tensor, puzzle_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens (B, L), puzzle_ids (B,) -> (B, P + L, D)."""
+    def forward(self, tokens: torch.Tensor, puzzle_ids: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+        """tokens (B, L), puzzle_ids (B,) -> (B, P + L, D); `offset`: the first token's position."""
         x = self.tokens(tokens)  # (B, L, D)
         B, _, D = x.shape
         vector = None  # (B, D) the puzzle's (or the shared) vector
@@ -344,5 +404,5 @@ class InputEmbedding(nn.Module):
         elif vector is not None:
             x = x + vector[:, None, :]
         if self.positions is not None:
-            x = LEARNED_POSITION_SCALE * (x + self.positions)
+            x = self.position_scale * (x + self.positions[offset : offset + x.shape[1]])  # (B, P + L, D)
         return x * self.scale

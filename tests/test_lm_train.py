@@ -1,0 +1,104 @@
+"""Language-model runs end to end: training with validation by test-time recurrence,
+exact resume after SIGKILL, the eval / sample / probe verbs, a reasoning corpus scored by
+generated answers, and one-line errors for bad input."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ponder import api
+from test_resume import checkpoint_step
+
+TINY = ["model.hidden=16", "model.heads=2", "model.context=16", "train.batch_size=4", "train.eval_batches=2",
+        "train.eval_recurrence=1,2,4", "train.lr_warmup=2", "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "tiny.txt"
+    path.write_text("to be, or not to be, that is the question:\nwhether tis nobler in the mind to suffer\n" * 60)
+    return path
+
+
+def logged(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("speed", "train_seconds", "total_seconds")} for r in rows if r["event"] in ("train", "val", "test")]
+
+
+def test_recurrent_lm_trains_and_reports_loss_by_recurrence(text_file, tmp_path):
+    run = tmp_path / "run"
+    result = api.train(TINY + [f"task.text_file={text_file}", "train.steps=8", "train.eval_every=4"], preset="recurrent-lm-shakespeare-char", out=str(run), progress=False)
+    assert set(result["loss_by_recurrence"]) == {"1", "2", "4"} and result["loss"] == result["loss_by_recurrence"]["4"]
+    assert result["bits_per_character"] > 0 and 1 <= result["best_recurrence"] <= 4
+    rows = logged(run)
+    train = [r for r in rows if r.get("lr") is not None]
+    assert len(train) == 8 and train[-1]["loss"] < train[0]["loss"]
+    assert [r["step"] for r in rows if "loss_by_recurrence" in r][:2] == [4, 8]
+    assert (run / "curves.png").is_file()
+
+
+def test_sigkill_then_resume_equals_uninterrupted(text_file, tmp_path, ponder_cmd):
+    args = ["--preset", "recurrent-lm-shakespeare-char", *TINY, f"task.text_file={text_file}", "train.steps=30", "train.eval_every=10", "train.checkpoint_every=2"]
+    full = tmp_path / "full"
+    subprocess.run(ponder_cmd + ["train", "--out", str(full), *args], check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(ponder_cmd + ["train", "--out", str(killed), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while checkpoint_step(killed) < 4 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if (killed / "results.json").exists():
+        pytest.skip("the run finished before it could be killed")
+    assert 4 <= checkpoint_step(killed) < 30
+    subprocess.run(ponder_cmd + ["train", "--resume", str(killed)], check=True, capture_output=True)
+    assert logged(killed) == logged(full)
+
+
+def test_verbs_on_a_run(text_file, tmp_path, ponder_cmd):
+    run = tmp_path / "run"
+    api.train(TINY + [f"task.text_file={text_file}", "train.steps=4", "train.eval_every=4"], preset="recurrent-lm-shakespeare-char", out=str(run), progress=False)
+    evaluated = api.evaluate(str(run), recurrence="1,8")
+    assert set(evaluated["loss_by_recurrence"]) == {"1", "4", "8"}  # the model's own depth is always there
+    one = api.sample(str(run), prompt="to be", max_new=12, temperature=0.0)
+    assert len(one["text"]) == 12 and one == api.sample(str(run), prompt="to be", max_new=12, temperature=0.0)  # greedy: deterministic
+    probed = api.probe(str(run), "to be or", recurrence=3, out=str(tmp_path / "probe.png"))
+    assert set(probed["ranks"]) == {"logit lens", "coda lens"} and all(len(v) == 3 for v in probed["ranks"]["coda lens"].values())
+    assert (tmp_path / "probe.png").is_file()
+    for args, message in [
+        (["sample", str(run), "--prompt", "QQ"], "not in the tokenizer's vocabulary"),
+        (["eval", str(run), "--recurrence", "0"], "--recurrence"),
+        (["train", "--preset", "gpt-shakespeare-char", "--out", str(tmp_path / "x"), f"task.text_file={tmp_path / 'missing.txt'}"], "missing.txt"),
+        (["train", "--preset", "gpt-shakespeare-char", "--out", str(tmp_path / "y"), "task.name=sudoku"], "is a language model but task.name=sudoku"),
+    ]:
+        done = subprocess.run(ponder_cmd + args, capture_output=True, text=True)
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_reasoning_corpus_scores_generated_answers_by_depth(tmp_path):
+    run = tmp_path / "arith"
+    result = api.train(
+        ["model.hidden=16", "model.heads=2", "model.context=32", "train.steps=3", "train.batch_size=4", "train.eval_batches=1",
+         "task.name=arithmetic", "task.train_size=100", "task.val_size=10", "task.test_size=24", "train.lr_warmup=1"],
+        preset="gpt-shakespeare-char", out=str(run), progress=False,
+    )
+    answers = result["answers"]["default"]
+    assert answers["n"] == 24 and set(answers["by_depth"]) == {"1", "2", "3", "4", "5", "6"}
+    assert 0 <= answers["accuracy"] <= 1
+
+
+def test_text_dataset_folder_from_the_cli(tmp_path, ponder_cmd):
+    out = tmp_path / "arith"
+    done = subprocess.run(ponder_cmd + ["data", "build", "arithmetic", "--out", str(out), "train_size=40", "val_size=4", "test_size=6", "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["counts"]["train"] > 0
+    shown = subprocess.run(ponder_cmd + ["data", "show", str(out), "--split", "test", "-n", "2"], capture_output=True, text=True)
+    assert shown.returncode == 0 and "(depth" in shown.stdout
+    run = tmp_path / "run"
+    api.train(["model.hidden=16", "model.heads=2", "model.context=32", "train.steps=2", "train.batch_size=4", "train.eval_batches=1",
+               "task.name=arithmetic", f"task.data_dir={out}"], preset="gpt-shakespeare-char", out=str(run), progress=False)
+    assert (run / "results.json").is_file()

@@ -439,7 +439,7 @@ def load_language_run(run: str | Path):
     if "tokenizer" not in shape:
         raise PonderInputError(f"{run_dir / CHECKPOINT}: not a language-model checkpoint (no tokenizer in its metadata)")
     device = pick_device(cfg.train.device)
-    model = build_language_model(cfg.model, int(shape["vocab"]))
+    model = build_language_model(cfg.model, int(shape["vocab"]), shape.get("lm_args"))
     prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
     load_weights(model, tensors, prefix, run_dir / CHECKPOINT)
     return cfg, model.to(device).eval(), tokenizer_from_dict(shape["tokenizer"]), device

@@ -63,6 +63,8 @@ class ModelConfig:
     coda_layers: int = 1  # recurrent-lm, attractor-lm: blocks that read the final state out
     state_init_std: float = 1.0  # recurrent-lm: std of the noise the latent state starts from in training
     repeats: str = ""  # ilr: iterations of each layer, e.g. "2,1,1,1" (empty: once each)
+    init_from: str = ""  # recurrent-lm: retrofit a trained non-recurrent model: a ponder gpt run folder or a GPT-2 folder (config.json + model.safetensors)
+    retrofit_split: str = ""  # with init_from: its layers as "prelude,core,coda" counts, e.g. "1,2,1"
 
 
 @dataclass

@@ -18,7 +18,9 @@ from ponder.tasks.dataset import DATA_FILE, MANIFEST, load_dataset, save_dataset
 def test_task_names_come_from_the_builders():
     from ponder.registry import check_names, name_choices
 
-    assert name_choices()["task.name"] == tuple(BUILDERS)
+    from ponder.lm.text import TEXT_TASKS
+
+    assert name_choices()["task.name"] == tuple(BUILDERS) + tuple(TEXT_TASKS)
     cfg = RunConfig()
     cfg.task.name = "chess"
     with pytest.raises(PonderInputError, match="config key 'task.name': expected one of sudoku"):

@@ -102,3 +102,24 @@ def test_text_dataset_folder_from_the_cli(tmp_path, ponder_cmd):
     api.train(["model.hidden=16", "model.heads=2", "model.context=32", "train.steps=2", "train.batch_size=4", "train.eval_batches=1",
                "task.name=arithmetic", f"task.data_dir={out}"], preset="gpt-shakespeare-char", out=str(run), progress=False)
     assert (run / "results.json").is_file()
+
+
+def test_retrofit_a_gpt_run_starts_from_its_function(text_file, tmp_path):
+    """A trained gpt run becomes a recurrent LM (prelude, core, coda from its layers):
+    before any further training, at r = 1 it has the source's validation loss exactly;
+    then it trains on with a recurrence curriculum, and resumes."""
+    source = tmp_path / "gpt"
+    base = ["model.heads=2", "model.context=16", "train.batch_size=4", "train.eval_batches=2", f"task.text_file={text_file}"]
+    api.train(base + ["model.hidden=16", "model.layers=4", "train.steps=6"], preset="gpt-shakespeare-char", out=str(source), progress=False)
+    source_loss = api.evaluate(str(source))["loss"]
+    run = tmp_path / "retro"
+    result = api.train(base + [f"model.init_from={source}", "model.retrofit_split=1,2,1", "train.steps=1", "train.lr=1e-12",
+                               "train.eval_recurrence=1,2", "train.lr_warmup=1", "train.ema=0"],
+                       preset="recurrent-lm-shakespeare-char", out=str(run), progress=False)
+    assert abs(result["loss_by_recurrence"]["1"] - source_loss) < 1e-4  # one step at lr 1e-12 leaves the function as it was
+    config = json.loads((run / "config.json").read_text())["model"]
+    assert (config["hidden"], config["prelude_layers"], config["core_layers"], config["coda_layers"]) == (16, 1, 2, 1)
+    more = api.train(["train.steps=3", "train.recurrence_warmup=3"][:1], resume=str(run), progress=False)
+    assert more["step"] == 3
+    with pytest.raises(Exception, match="retrofit split"):
+        api.train(base + [f"model.init_from={source}", "model.retrofit_split=1,1,1"], preset="recurrent-lm-shakespeare-char", out=str(tmp_path / "bad"), progress=False)

@@ -5,9 +5,9 @@ models), pre-norm causal blocks with RoPE at absolute positions, a final RMSNorm
 output head whose weight is, by default, the embedding's (tied, as in GPT-2/nanoGPT;
 `tie_embeddings=False` gives a separate head). Options turn these parts into GPT-2's
 (LayerNorm, GELU MLP, biases, learned positions, no embedding scale; see `CausalLM`), so
-a trained GPT-2 loads into `GPT` exactly (`ponder.lm.retrofit.load_gpt2_folder`). Generation runs one new token per step
-against a `KVCache` of past keys and values, which gives the same logits as recomputing
-the whole sequence.
+a trained GPT-2 loads into `GPT` exactly (`ponder.lm.retrofit.load_gpt2_folder`).
+Generation runs one new token per step against a `KVCache` of past keys and values,
+which gives the same logits as recomputing the whole sequence.
 
 Families:
 

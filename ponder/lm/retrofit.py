@@ -4,14 +4,15 @@
 pretrained transformer into a prelude / recurrent core / coda model by reusing its layers,
 then keeps training with a growing recurrence. Here:
 
-`load_gpt2_folder`  a Hugging Face GPT-2 folder (config.json + model.safetensors) as a
-                    ponder `GPT` with GPT-2's options, giving GPT-2's logits exactly.
-`retrofit`          a `RecurrentLM` whose prelude, core and coda are copies of chosen
-                    layers of a `GPT`, with its embedding, final norm and head, and an
-                    adapter that starts as adapter([s, e]) = e. At r = 1, with every layer
-                    used once in order, it computes the original model's logits; training
-                    can then teach the core to use the extra iterations.
-`retrofit_from_spec` the same from a "prelude,core,coda" layer-count string.
+`load_gpt2_folder`    a Hugging Face GPT-2 folder (config.json + model.safetensors) as a
+                      ponder `GPT` with GPT-2's options, giving GPT-2's logits exactly.
+`retrofit`            a `RecurrentLM` whose prelude, core and coda are copies of chosen
+                      layers of a `GPT`, with its embedding, final norm and head, and an
+                      adapter that starts as adapter([s, e]) = e. At r = 1, with every
+                      layer used once in order, it computes the original model's logits.
+                      At initialisation the state is ignored, so every r gives those
+                      logits; training the adapter's state half makes iterations count.
+`retrofit_from_spec`  the same from a "prelude,core,coda" layer-count string.
 
 The retrofitted model has no state norm (`RecurrentLM(state_norm=False)`): the original
 coda reads the residual stream at the scale the earlier layers left it, which a norm
@@ -76,17 +77,19 @@ def read_gpt2_config(path: Path) -> dict:
     )
 
 
-def gpt2_tensor_names(layers: int) -> dict[str, tuple[str, bool]]:
-    """ponder state-dict name -> (GPT-2 name, stored as Conv1D (in, out) so transposed)."""
-    names = {"embed.tokens.weight": ("wte.weight", False), "embed.positions": ("wpe.weight", False),
-             "norm.weight": ("ln_f.weight", False), "norm.bias": ("ln_f.bias", False)}
-    parts = {"norm1": ("ln_1", False), "mix.qkv": ("attn.c_attn", True), "mix.out": ("attn.c_proj", True),
-             "norm2": ("ln_2", False), "mlp.fc": ("mlp.c_fc", True), "mlp.proj": ("mlp.c_proj", True)}
+def gpt2_tensors(layers: int, vocab: int, context: int, hidden: int, inner: int) -> dict[str, tuple[str, tuple[int, ...], bool]]:
+    """ponder state-dict name -> (GPT-2 name, GPT-2 shape, stored as Conv1D (in, out), so
+    transposed for `nn.Linear`'s (out, in))."""
+    D = hidden
+    tensors = {"embed.tokens.weight": ("wte.weight", (vocab, D), False), "embed.positions": ("wpe.weight", (context, D), False),
+               "norm.weight": ("ln_f.weight", (D,), False), "norm.bias": ("ln_f.bias", (D,), False)}
+    parts = {"norm1": ("ln_1", (D,)), "mix.qkv": ("attn.c_attn", (D, 3 * D)), "mix.out": ("attn.c_proj", (D, D)),
+             "norm2": ("ln_2", (D,)), "mlp.fc": ("mlp.c_fc", (D, inner)), "mlp.proj": ("mlp.c_proj", (inner, D))}
     for i in range(layers):
-        for ours, (theirs, conv1d) in parts.items():
-            names[f"blocks.blocks.{i}.{ours}.weight"] = (f"h.{i}.{theirs}.weight", conv1d)
-            names[f"blocks.blocks.{i}.{ours}.bias"] = (f"h.{i}.{theirs}.bias", False)
-    return names
+        for ours, (theirs, shape) in parts.items():
+            tensors[f"blocks.blocks.{i}.{ours}.weight"] = (f"h.{i}.{theirs}.weight", shape, len(shape) == 2)
+            tensors[f"blocks.blocks.{i}.{ours}.bias"] = (f"h.{i}.{theirs}.bias", shape[-1:], False)
+    return tensors
 
 
 def load_gpt2_folder(path: str | Path, dtype: torch.dtype = torch.float32) -> GPT:
@@ -113,23 +116,13 @@ def load_gpt2_folder(path: str | Path, dtype: torch.dtype = torch.float32) -> GP
     prefix = "transformer." if any(name.startswith("transformer.") for name in stored) else ""
     head = stored.pop("lm_head.weight", None)
 
-    V, P, D, layers = args["vocab"], args["context"], args["hidden"], args["layers"]
+    V, D, layers = args["vocab"], args["hidden"], args["layers"]
     inner = int(round(args["expansion"] * D))
-    shapes = {"wte": (V, D), "wpe": (P, D), "ln": (D,), "c_attn": (D, 3 * D), "attn.c_proj": (D, D),
-              "c_fc": (D, inner), "mlp.c_proj": (inner, D)}
-
-    def expected_shape(name: str) -> tuple[int, ...]:
-        kind = next(k for k in shapes if k in name)
-        if name.endswith(".bias"):
-            return (shapes[kind][-1],)
-        return shapes[kind]
-
     state = {}
-    for ours, (theirs, conv1d) in gpt2_tensor_names(layers).items():
+    for ours, (theirs, want, conv1d) in gpt2_tensors(layers, V, args["context"], D, inner).items():
         tensor = stored.pop(prefix + theirs, None)
         if tensor is None:
             raise PonderInputError(f"{file}: missing tensor '{prefix + theirs}' (config.json gives {layers} layers of width {D})")
-        want = expected_shape(theirs)
         if tuple(tensor.shape) != want:
             raise PonderInputError(f"{file}: tensor '{prefix + theirs}' has shape {tuple(tensor.shape)}, expected {want}")
         state[ours] = (tensor.T if conv1d else tensor).to(dtype).contiguous()

@@ -116,11 +116,49 @@ def lm_arguments(cfg) -> dict[str, Any]:
                 solver_backward=cfg.solver_backward, jacobian_weight=cfg.jacobian_weight)
 
 
-def build_language_model(cfg, vocab: int):
+def build_language_model(cfg, vocab: int, arguments: dict[str, Any] | None = None):
+    """The model of the config's family; `arguments`: `build_lm`'s flat arguments as a
+    checkpoint recorded them (a retrofitted model's come from its source, not the config)."""
     try:
-        return build_lm(cfg.family, vocab, cfg.context, **lm_arguments(cfg))
+        return build_lm(cfg.family, vocab, cfg.context, **(lm_arguments(cfg) if arguments is None else arguments))
     except ValueError as e:
         raise PonderInputError(f"model '{cfg.family}': {e}") from None
+
+
+def retrofitted_model(cfg, tokenizer) -> tuple[Any, dict[str, Any]]:
+    """A recurrent LM made from the trained non-recurrent model of `model.init_from` (a
+    ponder gpt run or a GPT-2 folder), split by `model.retrofit_split`; with its build
+    arguments. The source's vocabulary must be the task tokenizer's."""
+    from ponder.lm.retrofit import load_gpt2_folder, retrofit_from_spec
+
+    if cfg.family != "recurrent-lm":
+        raise PonderInputError(f"config key 'model.init_from': retrofitting makes a recurrent-lm, not a {cfg.family}")
+    if not cfg.retrofit_split:
+        raise PonderInputError("config key 'model.retrofit_split': with model.init_from, give the source's layers as prelude,core,coda counts, e.g. 1,2,1")
+    source_dir = Path(cfg.init_from)
+    if (source_dir / "config.json").is_file() and (source_dir / "model.safetensors").is_file():
+        source = load_gpt2_folder(source_dir)
+        source_vocab = source.vocab
+    else:
+        from ponder.api import load_language_run
+
+        source_cfg, source, source_tokenizer, _ = load_language_run(source_dir)
+        if source_cfg.model.family != "gpt":
+            raise PonderInputError(f"config key 'model.init_from': {source_dir} is a {source_cfg.model.family} run; retrofitting takes a gpt run")
+        if source_tokenizer.to_dict() != tokenizer.to_dict():
+            raise PonderInputError(f"config key 'model.init_from': {source_dir} was trained with another tokenizer than task '{source_cfg.task.name}' gives here")
+        source_vocab = source.vocab
+    if source_vocab != tokenizer.vocab_size:
+        raise PonderInputError(f"config key 'model.init_from': {source_dir} has a vocabulary of {source_vocab}, the task's tokenizer {tokenizer.vocab_size}")
+    if source.context < cfg.context:
+        raise PonderInputError(f"config key 'model.context': {cfg.context} exceeds the source model's context {source.context}")
+    model = retrofit_from_spec(source.float(), cfg.retrofit_split, mean_r=cfg.cycles, state_init_std=cfg.state_init_std, backprop_depth=cfg.truncate_steps)
+    p, c, d = (int(x) for x in cfg.retrofit_split.split(","))
+    # the config records the model it now describes
+    cfg.hidden, cfg.heads, cfg.prelude_layers, cfg.core_layers, cfg.coda_layers = model.hidden, model.common_args["heads"], p, c, d
+    arguments = dict(model.common_args, prelude_layers=p, core_layers=c, coda_layers=d, mean_r=cfg.cycles,
+                     state_init_std=cfg.state_init_std, backprop_depth=cfg.truncate_steps, state_norm=False)
+    return model, arguments
 
 
 def lm_flops_per_token(model, context: int, r: int | None) -> float:
@@ -163,7 +201,14 @@ class LMTrainer(TrainerBase):
     def setup_model(self) -> None:
         cfg, tc = self.cfg, self.tc
         torch.manual_seed(tc.seed)
-        self.model = build_language_model(cfg.model, self.vocab).to(device=self.device, dtype=DTYPES[tc.dtype])
+        recorded = (self.resumed_meta or {}).get("task_shape", {}).get("lm_args")
+        if recorded is not None:  # resuming: the architecture the checkpoint was made with
+            model, self.lm_args = build_language_model(cfg.model, self.vocab, recorded), recorded
+        elif cfg.model.init_from:
+            model, self.lm_args = retrofitted_model(cfg.model, self.tokenizer)
+        else:
+            model, self.lm_args = build_language_model(cfg.model, self.vocab), lm_arguments(cfg.model)
+        self.model = model.to(device=self.device, dtype=DTYPES[tc.dtype])
         self.ema = EMA(self.model, tc.ema, ramp=tc.ema_ramp) if tc.ema > 0 else None
         self.eval_model = self.ema.model if self.ema else self.model
         self.recurrent = bool(getattr(self.model, "recurrent", False))
@@ -240,7 +285,8 @@ class LMTrainer(TrainerBase):
         return {"windows_drawn": step * self.tc.batch_size}
 
     def task_shape(self) -> dict[str, Any]:
-        return {"name": self.text.name, "vocab": self.vocab, "context": self.cfg.model.context, "tokenizer": self.tokenizer.to_dict()}
+        return {"name": self.text.name, "vocab": self.vocab, "context": self.cfg.model.context, "tokenizer": self.tokenizer.to_dict(),
+                "lm_args": self.lm_args}
 
     def finish(self, step: int) -> dict[str, Any]:
         """The final evaluation: validation loss by depth (the text corpora have no test

@@ -179,6 +179,7 @@ class TrainerBase:
             loaded = read_checkpoint(self.ckpt_path)  # fail on a missing or corrupt checkpoint before any work
         elif out_dir.exists() and any(out_dir.iterdir()):
             raise PonderInputError(f"{out_dir}: folder exists and is not empty; use --resume {out_dir} or another --out")
+        self.resumed_meta = None if loaded is None else loaded[1]  # the checkpoint's metadata, for the subclass's setup
         self.dist = Dist.from_environment(tc.device)
         self.device = self.dist.device
         self.main = self.dist.main

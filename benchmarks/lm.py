@@ -52,12 +52,13 @@ def summarise(root: Path) -> dict[str, dict]:
         result = json.loads(results.read_text())
         log = [json.loads(line) for line in (results.parent / "metrics.jsonl").read_text().splitlines()]
         start = next(r for r in log if r["event"] == "start")
-        speeds = [r["speed"]["tokens_per_s"] for r in log if r["event"] == "train"]
+        config = json.loads((results.parent / "config.json").read_text())
+        tokens = result["step"] * config["train"]["batch_size"] * config["model"]["context"]
         row = rows.setdefault(model, {"params": start["params"], "loss": [], "best": [], "best_r": [], "tokens_per_s": [], "steps": [], "wall": [], "curves": []})
         row["loss"].append(result["loss"])
         row["best"].append(result.get("best_loss", result["loss"]))
         row["best_r"].append(result.get("best_recurrence"))
-        row["tokens_per_s"].append(statistics.median(speeds))
+        row["tokens_per_s"].append(tokens / result["train_seconds"])  # over the whole budget, periodic validation included
         row["steps"].append(result["step"])
         row["wall"].append(result["total_seconds"])
         row["curves"].append(result["loss_by_recurrence"])

@@ -252,19 +252,22 @@ class LMTrainer(TrainerBase):
             return [None]
         return sorted(set(parse_int_list(self.tc.eval_recurrence)) | {self.default_r()})
 
-    def evaluate_loss(self) -> dict[str, Any]:
-        """Validation loss at each test-time depth (one for non-recurrent families)."""
+    def evaluate_loss(self, every_depth: bool = True) -> dict[str, Any]:
+        """Validation loss at each test-time depth (one for non-recurrent families; with
+        `every_depth=False`, at the training depth only: what periodic validation costs
+        comes out of a time budget, and a sweep up to r = 64 would take a recurrent model's
+        share of it)."""
         tc = self.tc
         model = self.eval_model
         losses = {}
-        for r in self.recurrences():
+        for r in self.recurrences() if every_depth else [self.default_r()]:
             losses["default" if r is None else str(r)] = validation_loss(
                 model, self.val_tokens, self.cfg.model.context, tc.batch_size, tc.eval_batches, r=r, autocast=tc.autocast,
                 rank=self.dist.rank, world=self.dist.world, reduce=self.dist.all_sum,
             )
         loss = losses[str(self.default_r()) if self.recurrent else "default"]
         record: dict[str, Any] = {"loss": round(loss, 6), "loss_by_recurrence": {k: round(v, 6) for k, v in losses.items()}}
-        if self.recurrent:
+        if self.recurrent and every_depth:
             best = min(losses, key=losses.get)
             record.update(best_recurrence=int(best), best_loss=round(losses[best], 6))
         if isinstance(self.tokenizer, CharTokenizer):  # a token is a character: the loss in bits is bits per character
@@ -275,7 +278,7 @@ class LMTrainer(TrainerBase):
         return f"{record['loss']:.3f}"
 
     def validate(self, step: int) -> dict[str, Any]:
-        record = {"event": "val", "step": step, **self.evaluate_loss()}
+        record = {"event": "val", "step": step, **self.evaluate_loss(every_depth=False)}
         if self.log is not None:
             self.log.write(record)
         self.meter.started = time.perf_counter()

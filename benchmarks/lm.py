@@ -62,7 +62,58 @@ def summarise(root: Path) -> dict[str, dict]:
         row["steps"].append(result["step"])
         row["wall"].append(result["total_seconds"])
         row["curves"].append(result["loss_by_recurrence"])
+        if "answers" in result:
+            row.setdefault("answers", []).append(result["answers"])
+            row["train_depths"] = trained_depths(config)
     return rows
+
+
+def ordered(rows: dict[str, dict]) -> list[str]:
+    """The models of `rows`, those of MODELS first in its order."""
+    return [m for m in MODELS if m in rows] + sorted(set(rows) - set(MODELS))
+
+
+def trained_depths(config: dict) -> tuple[int, int]:
+    """The run's training depth range (its task option, else the corpus default)."""
+    from ponder.config import parse_depth_range
+    from ponder.lm.text import TEXT_TASKS
+
+    spec = config["task"].get("train_depths") or TEXT_TASKS[config["task"]["name"]].options["train_depths"]
+    return parse_depth_range(spec)
+
+
+def answers_table(rows: dict[str, dict]) -> str:
+    """Exact match of generated test answers by problem depth (columns; * marks the
+    trained depths) for each model and test-time recurrence r (rows), mean over seeds."""
+    rows = {m: r for m, r in rows.items() if "answers" in r}
+    if not rows:
+        return ""
+    lo, hi = next(iter(rows.values()))["train_depths"]
+    depths = sorted({int(d) for r in rows.values() for runs in r["answers"] for a in runs.values() for d in a["by_depth"]})
+    head = " | ".join(f"{d}{'*' if lo <= d <= hi else ''}" for d in depths)
+    lines = [f"| model | r | all | {head} |", "|---|---|---|" + "---|" * len(depths)]
+    for model in ordered(rows):
+        runs = rows[model]["answers"]
+        for r in sorted(runs[0], key=lambda k: -1 if k == "default" else int(k)):
+            cells = [statistics.mean(run[r]["by_depth"].get(str(d), float("nan")) for run in runs) for d in depths]
+            overall = statistics.mean(run[r]["accuracy"] for run in runs)
+            lines.append(f"| {model} | {'—' if r == 'default' else r} | {overall:.1%} | " + " | ".join(f"{c:.1%}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def recurrence_table(rows: dict[str, dict]) -> str:
+    """Validation loss by test-time recurrence r (columns), mean over seeds, for the
+    models that have a recurrent core."""
+    rows = {m: r for m, r in rows.items() if "default" not in r["curves"][0]}
+    if not rows:
+        return ""
+    depths = sorted({int(k) for r in rows.values() for c in r["curves"] for k in c})
+    lines = ["| model | " + " | ".join(f"r = {d}" for d in depths) + " |", "|---|" + "---|" * len(depths)]
+    for model in ordered(rows):
+        r = rows[model]
+        cells = [statistics.mean(c[str(d)] for c in r["curves"]) if str(d) in r["curves"][0] else float("nan") for d in depths]
+        lines.append(f"| {model} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def mean_std(values: list[float]) -> str:
@@ -74,7 +125,7 @@ def mean_std(values: list[float]) -> str:
 def table(rows: dict[str, dict]) -> str:
     lines = ["| model | params | seeds | validation loss at the training depth | best test-time depth: loss | tokens / s | steps | wall time (s) |",
              "|---|---|---|---|---|---|---|---|"]
-    for model in [m for m in MODELS if m in rows] + sorted(set(rows) - set(MODELS)):
+    for model in ordered(rows):
         r = rows[model]
         depth = "—" if r["best_r"][0] is None else f"r = {'/'.join(str(x) for x in r['best_r'])}: {mean_std(r['best'])}"
         lines.append(f"| {model} | {r['params'] / 1e6:.3f}M | {len(r['loss'])} | {mean_std(r['loss'])} | {depth} | "
@@ -89,13 +140,23 @@ def plot(rows: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    means = {}  # model -> {r: mean loss over seeds} (r = None: no recurrence)
     for model, r in rows.items():
         curves = r["curves"]
-        if "default" in curves[0]:
-            ax.axhline(statistics.mean(c["default"] for c in curves), ls="--", label=f"{model} (no recurrence)")
+        keys = ["default"] if "default" in curves[0] else sorted(curves[0], key=int)
+        means[model] = {(None if k == "default" else int(k)): statistics.mean(c[k] for c in curves) for k in keys}
+    low = min(v for m in means.values() for v in m.values())
+    top = low + 0.5  # the interesting range; a point above it is written at the top edge
+    for i, (model, curve) in enumerate(means.items()):
+        if None in curve:
+            ax.axhline(curve[None], color=f"C{i}", ls="--", label=f"{model} (no recurrence)")
             continue
-        depths = sorted(int(k) for k in curves[0])
-        ax.plot(depths, [statistics.mean(c[str(d)] for c in curves) for d in depths], "o-", label=model)
+        depths = sorted(curve)
+        ax.plot(depths, [min(curve[d], top) for d in depths], "o-", color=f"C{i}", label=model)
+        for d in depths:
+            if curve[d] > top:
+                ax.annotate(f"{curve[d]:.2f} (off scale)", (d, top), textcoords="offset points", xytext=(6, -12), fontsize=8, color=f"C{i}")
+    ax.set_ylim(top=top + 0.02)
     ax.set(xscale="log", xlabel="test-time recurrence r", ylabel="validation loss (nats per character)", title="loss vs thinking depth (mean of seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -124,6 +185,12 @@ def main() -> None:
         return
     rows = summarise(args.root)
     text = table(rows)
+    by_depth = recurrence_table(rows)
+    if by_depth:
+        text += "\n\nValidation loss by test-time recurrence r, mean over seeds:\n\n" + by_depth
+    answers = answers_table(rows)
+    if answers:
+        text += "\n\nExact match of generated test answers by problem depth (* trained depths), mean over seeds:\n\n" + answers
     print(text)
     if args.record:
         from records import write_record

@@ -180,7 +180,8 @@ def sample(run: str, prompt: str = "\n", max_new: int = 200, temperature: float 
 
     Args:
         run: the run folder
-        prompt: the text to continue (every character must be in the run's vocabulary)
+        prompt: the text to continue (every character must be in the run's vocabulary); on a
+            corpus of one problem per line (arithmetic, multihop) it is given after a newline
         max_new: tokens to generate
         temperature: 0 for greedy decoding
         top_k: keep the k likeliest tokens at each step (0: all)
@@ -192,9 +193,11 @@ def sample(run: str, prompt: str = "\n", max_new: int = 200, temperature: float 
         raise PonderInputError(f"--max-new >= 1, --temperature >= 0, --top-k >= 0 and --recurrence >= 0 expected, got {max_new}, {temperature}, {top_k}, {recurrence}")
     if recurrence and not model.recurrent:
         raise PonderInputError(f"--recurrence: {run} is a '{cfg.model.family}' run, which has no recurrent core")
-    ids = tokenizer.encode(prompt)
-    if not ids:
+    from ponder.lm.text import at_line_start
+
+    if not prompt:
         raise PonderInputError("--prompt: empty; give at least one character")
+    ids = tokenizer.encode(at_line_start(cfg.task.name, prompt))
     idx = torch.tensor([ids[-model.context :]], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     out = model.generate(idx, max_new, temperature=temperature, top_k=top_k or None, r=recurrence or None, generator=generator)
@@ -209,7 +212,8 @@ def probe(run: str, prompt: str, recurrence: int = 0, out: str | None = None) ->
 
     Args:
         run: a recurrent-lm or attractor-lm run folder
-        prompt: the text whose last position is probed, e.g. 37+5*2=
+        prompt: the text whose last position is probed, e.g. 37+5*2= (after a newline on a
+            corpus of one problem per line)
         recurrence: iterations to run and read (0: the model's default)
         out: a PNG to write the ranks to
     """
@@ -219,7 +223,11 @@ def probe(run: str, prompt: str, recurrence: int = 0, out: str | None = None) ->
     cfg, model, tokenizer, device = load_language_run(run)
     if recurrence < 0:
         raise PonderInputError(f"--recurrence: expected >= 0, got {recurrence}")
-    result = run_probe(model, tokenizer, prompt, recurrence or getattr(model, "mean_r", 1))
+    from ponder.lm.text import at_line_start
+
+    if not prompt:
+        raise PonderInputError("probe: the prompt is empty")
+    result = run_probe(model, tokenizer, at_line_start(cfg.task.name, prompt), recurrence or getattr(model, "mean_r", 1))
     if out:
         plot_probe(result, Path(out))
     return {**result.to_dict(), **({"plot": out} if out else {})}

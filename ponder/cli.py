@@ -36,14 +36,23 @@ HIDDEN_PARAMS = {"progress"}
 
 
 def _arg_help(fn: Callable) -> dict[str, str]:
-    help_by_name, in_args = {}, False
+    """`name: text` lines under "Args:"; a line indented deeper continues the one before."""
+    help_by_name: dict[str, str] = {}
+    in_args, indent, last = False, None, None
     for line in (fn.__doc__ or "").splitlines():
         stripped = line.strip()
+        depth = len(line) - len(line.lstrip())
         if stripped == "Args:":
             in_args = True
-        elif in_args and ":" in stripped:
-            name, _, text = stripped.partition(":")
-            help_by_name[name.strip()] = text.strip()
+        elif in_args and stripped:
+            if indent is None:
+                indent = depth
+            if depth > indent and last is not None:
+                help_by_name[last] += " " + stripped
+            elif ":" in stripped:
+                name, _, text = stripped.partition(":")
+                last = name.strip()
+                help_by_name[last] = text.strip()
     return help_by_name
 
 

@@ -58,12 +58,13 @@ class ModelConfig:
     puzzle_embedding: bool = False  # a learned vector per puzzle identifier (HRM/TRM on ARC), trained by sparse sign-SGD
     # causal language models (families gpt, recurrent-lm, ilr, attractor-lm; `layers` is gpt's and ilr's depth)
     context: int = 64  # the longest text a language model reads at once (its window in training, its KV cache)
+    block_style: str = "ponder"  # language models' layer: ponder (RMSNorm, SwiGLU, RoPE) or nanogpt (LayerNorm, GELU, learned positions, as nanoGPT)
     prelude_layers: int = 1  # recurrent-lm, attractor-lm: blocks that embed the text once
     core_layers: int = 2  # recurrent-lm, attractor-lm: the blocks iterated on the latent state
     coda_layers: int = 1  # recurrent-lm, attractor-lm: blocks that read the final state out
     state_init_std: float = 1.0  # recurrent-lm: std of the noise the latent state starts from in training
     repeats: str = ""  # ilr: iterations of each layer, e.g. "2,1,1,1" (empty: once each)
-    init_from: str = ""  # recurrent-lm: retrofit a trained non-recurrent model: a ponder gpt run folder or a GPT-2 folder (config.json + model.safetensors)
+    init_from: str = ""  # a trained non-recurrent model, a ponder gpt run folder or a GPT-2 folder (config.json + model.safetensors): recurrent-lm retrofits it, gpt trains it on
     retrofit_split: str = ""  # with init_from: its layers as "prelude,core,coda" counts, e.g. "1,2,1"
 
 
@@ -151,6 +152,7 @@ class RunConfig:
 _CHOICES = {
     ("model", "mixer"): ("attention", "mlp"),
     ("model", "positions"): ("auto", "rope", "learned", "none"),
+    ("model", "block_style"): ("ponder", "nanogpt"),
     ("model", "attention_mask"): ("none", "task"),
     ("train", "optimizer"): ("adamatan2", "adamw"),
     ("train", "lr_schedule"): ("cosine", "constant"),

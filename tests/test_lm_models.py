@@ -350,3 +350,21 @@ def test_r_for_step_is_deterministic_and_has_the_asked_mean():
     assert draws[:50] != [r_for_step(6.0, 0.5, seed=4, step=s) for s in range(50)]
     assert min(draws) >= 1 and abs(sum(draws) / len(draws) - 6.0) < 0.25
     assert r_for_step(1, 0.5, 0, 0) == 1
+
+
+def test_nanogpt_block_style_builds_nanogpts_layer():
+    """`model.block_style=nanogpt` gives nanoGPT's Shakespeare model: LayerNorm, a GELU
+    MLP of width 4D, learned positions, no projection biases; its parameter count is
+    nanoGPT's (token and position tables, four attention and two MLP matrices per layer)
+    plus the LayerNorm biases, which nanoGPT's bias=False drops."""
+    from ponder.config import build_config, parse_overrides
+    from ponder.lm.train import build_language_model
+
+    cfg = build_config("gpt-shakespeare-char", overrides=parse_overrides(["model.block_style=nanogpt"]))
+    model = build_language_model(cfg.model, 65)
+    d, layers, context, vocab = 128, 4, 64, 65
+    nanogpt = vocab * d + context * d + layers * (4 * d * d + 2 * d * 4 * d + 2 * d) + d
+    assert parameter_count(model) == nanogpt + (2 * layers + 1) * d
+    assert isinstance(model.norm, torch.nn.LayerNorm) and model.embed.positions is not None
+    default = build_language_model(build_config("gpt-shakespeare-char").model, 65)
+    assert isinstance(default.norm, torch.nn.Module) and not isinstance(default.norm, torch.nn.LayerNorm)

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from ponder import api
 from test_resume import checkpoint_step
@@ -123,3 +124,59 @@ def test_retrofit_a_gpt_run_starts_from_its_function(text_file, tmp_path):
     assert more["step"] == 3
     with pytest.raises(Exception, match="retrofit split"):
         api.train(base + [f"model.init_from={source}", "model.retrofit_split=1,1,1"], preset="recurrent-lm-shakespeare-char", out=str(tmp_path / "bad"), progress=False)
+
+
+def test_a_gpt_trains_on_from_a_gpt_run(text_file, tmp_path):
+    """`model.init_from` on a gpt starts from the source's weights (the baseline that a
+    retrofit is compared with): with no learning it has the source's loss; a split or
+    another family is refused."""
+    source = tmp_path / "gpt"
+    base = ["model.heads=2", "model.context=16", "train.batch_size=4", "train.eval_batches=2", f"task.text_file={text_file}"]
+    api.train(base + ["model.hidden=16", "model.layers=3", "train.steps=6"], preset="gpt-shakespeare-char", out=str(source), progress=False)
+    source_loss = api.evaluate(str(source))["loss"]
+    result = api.train(base + [f"model.init_from={source}", "train.steps=1", "train.lr=1e-12", "train.lr_warmup=1", "train.ema=0"],
+                       preset="gpt-shakespeare-char", out=str(tmp_path / "on"), progress=False)
+    assert abs(result["loss"] - source_loss) < 1e-4
+    assert json.loads((tmp_path / "on" / "config.json").read_text())["model"]["layers"] == 3
+    with pytest.raises(Exception, match="only a recurrent-lm is split"):
+        api.train(base + [f"model.init_from={source}", "model.retrofit_split=1,1,1"], preset="gpt-shakespeare-char", out=str(tmp_path / "bad"), progress=False)
+    with pytest.raises(Exception, match="model.family is .ilr."):
+        api.train(base + [f"model.init_from={source}"], preset="ilr-shakespeare-char", out=str(tmp_path / "bad2"), progress=False)
+
+
+class _ArithmeticOracle(torch.nn.Module):
+    """A stand-in model whose greedy continuation of '\\n<chain>=' is the chain's value
+    and a newline (of anything else: '?'), to check the scoring around it."""
+
+    context = 64
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def generate(self, idx, max_new, temperature=0.0, r=None):
+        from ponder.lm.text import evaluate_left_to_right
+
+        rows = []
+        for row in idx.tolist():
+            text = self.tokenizer.decode(row)
+            answer = f"{evaluate_left_to_right(text[1:])}\n" if text.startswith("\n") and text.endswith("=") else "?"
+            new = (self.tokenizer.encode(answer) + self.tokenizer.encode("\n") * max_new)[:max_new]
+            rows.append(row + new)
+        return torch.tensor(rows)
+
+
+def test_answer_accuracy_scores_generated_answers_after_a_line_start():
+    """Every problem of the arithmetic corpus follows a newline in training, so scoring
+    gives the prompt after one; an oracle for that format scores 100% at every depth, a
+    model that answers wrongly 0%."""
+    from ponder.lm.evaluate import answer_accuracy
+    from ponder.lm.text import build_text
+
+    text = build_text("arithmetic", {"train_size": 60, "val_size": 6, "test_size": 12})
+    oracle = _ArithmeticOracle(text.tokenizer)
+    scored = answer_accuracy(oracle, text.tokenizer, text.problems["test"])
+    assert scored["n"] == 12 and scored["accuracy"] == 1.0 and set(scored["by_depth"].values()) == {1.0}
+    wrong = [type(p)(p.prompt, p.answer + "0", p.depth) for p in text.problems["test"]]
+    assert answer_accuracy(oracle, text.tokenizer, wrong)["accuracy"] == 0.0

@@ -333,3 +333,16 @@ def test_windows_errors():
         windows(torch.arange(100), block=8, batch=3, seed=0, step=0, rank=0, world=2)
     with pytest.raises(PonderInputError):
         windows(torch.arange(100), block=8, batch=4, seed=0, step=0, rank=2, world=2)
+
+
+def test_prompts_on_a_problem_per_line_corpus_start_a_line():
+    """Sampling and probing a model trained on one problem per line give the prompt after
+    a newline, as training did; other corpora take the prompt as it is."""
+    from ponder.lm.probe import intermediate_results
+    from ponder.lm.text import at_line_start
+
+    assert at_line_start("arithmetic", "37+5*2=") == "\n37+5*2=" == at_line_start("arithmetic", "\n37+5*2=")
+    assert at_line_start("multihop", "ab>=") == "\nab>="
+    assert at_line_start("shakespeare-char", "ROMEO") == "ROMEO"
+    assert intermediate_results("\n37+5*2=") == intermediate_results("37+5*2=") == [42, 84]
+    assert intermediate_results("to be or") == []

@@ -50,26 +50,28 @@ def validation_loss(
 @torch.no_grad()
 def answer_accuracy(model, tokenizer, problems, r: int | None = None, autocast: str = "none", batch: int = 256) -> dict:
     """Exact match of the greedy continuation of each problem's prompt (up to the first
-    newline) with its answer; overall and by problem depth. Problems are batched by
-    prompt length, so no padding enters the model."""
+    newline) with its answer; overall and by problem depth. Each prompt is given after a
+    newline, as every problem follows one in the training text (`at_line_start`).
+    Problems are batched by prompt length, so no padding enters the model."""
     was = model.training
     model.eval()
     device = next(model.parameters()).device
     newline = tokenizer.encode("\n")
-    by_length: dict[int, list] = defaultdict(list)
+    by_length: dict[int, list] = defaultdict(list)  # prompt tokens -> [(tokens, problem)]
     for problem in problems:
-        by_length[len(tokenizer.encode(problem.prompt))].append(problem)
+        tokens = tokenizer.encode("\n" + problem.prompt)
+        by_length[len(tokens)].append((tokens, problem))
     right: dict[int, list[bool]] = defaultdict(list)
     for length, group in sorted(by_length.items()):
-        longest = max(len(tokenizer.encode(p.answer)) for p in group) + len(newline)
+        longest = max(len(tokenizer.encode(p.answer)) for _, p in group) + len(newline)
         if length + longest > model.context:
             raise ValueError(f"a prompt of {length} tokens and an answer of up to {longest} exceed the model's context {model.context}")
         for start in range(0, len(group), batch):
             chunk = group[start : start + batch]
-            idx = torch.tensor([tokenizer.encode(p.prompt) for p in chunk], dtype=torch.long, device=device)  # (b, P)
+            idx = torch.tensor([tokens for tokens, _ in chunk], dtype=torch.long, device=device)  # (b, P)
             with autocast_context(device, autocast):
                 out = model.generate(idx, longest, temperature=0.0, r=r)[:, length:]  # (b, new)
-            for problem, row in zip(chunk, out.tolist()):
+            for (_, problem), row in zip(chunk, out.tolist()):
                 text = tokenizer.decode(row).split("\n", 1)[0]
                 right[problem.depth].append(text == problem.answer)
     model.train(was)

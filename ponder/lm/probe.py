@@ -38,8 +38,9 @@ class ProbeResult:
 
 def intermediate_results(prompt: str) -> list[int]:
     """The value after each operation of an arithmetic prompt evaluated strictly left to
-    right ("37+5*2=" -> [42, 84], the last being the answer); [] for other prompts."""
-    match = re.fullmatch(r"(\d+)((?:[-+*]\d+)+)=", prompt)
+    right ("37+5*2=" -> [42, 84], the last being the answer; surrounding whitespace
+    ignored); [] for other prompts."""
+    match = re.fullmatch(r"(\d+)((?:[-+*]\d+)+)=", prompt.strip())
     if match is None:
         return []
     value, values = int(match.group(1)), []

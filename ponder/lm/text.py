@@ -35,6 +35,11 @@ multihop          A table of facts f(a) = b over `entities` names (lowercase let
                   depth a `holdout` fraction of the start entities never appears in a
                   training query: half of them are the val problems, half join the test
                   problems, which also cover depths outside the trained range.
+                  `val_size` and `test_size` are split evenly over the depths and capped
+                  at each depth by its pool (at a trained depth, half the held-out start
+                  entities): with the defaults, val holds 100 problems (25 per depth) and
+                  test 500 (25 per trained depth, 100 per deeper one); the manifest
+                  records the counts.
 
 The val and test streams of the reasoning corpora are their problems written as lines.
 
@@ -247,6 +252,17 @@ class TextTask:
     options: dict[str, Any]  # option keys and their defaults (an option's type is its default's)
     build: Callable[[dict[str, Any], int, bool], TextDataset]  # (resolved options, seed, progress)
     vocab_hint: int = 0  # the vocabulary size with default options, known without building (for `ponder presets`)
+    problem_lines: bool = False  # the text is one problem per line: a prompt starts after a newline
+
+
+def at_line_start(task_name: str, prompt: str) -> str:
+    """A prompt for a model trained on `task_name`: on a corpus of one problem per line,
+    after a newline (as every problem follows one in training; without it the model
+    cannot tell where the first number starts), else as it is."""
+    task = TEXT_TASKS.get(task_name)
+    if task is not None and task.problem_lines and not prompt.startswith("\n"):
+        return "\n" + prompt
+    return prompt
 
 
 def _resolve(task: TextTask, options: dict[str, Any]) -> dict[str, Any]:
@@ -524,13 +540,13 @@ TEXT_TASKS: dict[str, TextTask] = {
     "arithmetic": TextTask(
         "arithmetic", "Left-to-right chains of + - * (depth = operations); trains on shallow chains, tests deeper (generated)",
         {"train_depths": "1-3", "test_depths": "1-6", "digits": 2, "train_size": 20000, "val_size": 500, "test_size": 1200},
-        _build_arithmetic, vocab_hint=len(ARITHMETIC_ALPHABET),
+        _build_arithmetic, vocab_hint=len(ARITHMETIC_ALPHABET), problem_lines=True,
     ),
     "multihop": TextTask(
         "multihop", "A table of facts and queries composing k of them; held-out compositions and deeper k at test (generated)",
         {"entities": 200, "train_depths": "1-4", "test_depths": "1-8", "holdout": 0.25, "fact_copies": 50,
          "train_size": 20000, "val_size": 200, "test_size": 800},
-        _build_multihop, vocab_hint=len(MULTIHOP_ALPHABET),
+        _build_multihop, vocab_hint=len(MULTIHOP_ALPHABET), problem_lines=True,
     ),
 }
 

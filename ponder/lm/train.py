@@ -101,9 +101,19 @@ def load_text_for(cfg: TaskConfig, progress: bool = False) -> TextDataset:
     return dataset
 
 
+# `model.block_style`: the layer's parts (`CausalLM`'s options). nanogpt: nanoGPT's layer as
+# its Shakespeare configuration builds it (LayerNorm, GELU MLP, learned positions, no
+# biases on projections, no embedding scale; GELU here is the tanh approximation, and
+# the LayerNorms keep their bias)
+BLOCK_STYLES: dict[str, dict[str, Any]] = {
+    "ponder": {},
+    "nanogpt": dict(norm_kind="layer", mlp_kind="gelu", bias=False, positions="learned", embed_scale=False),
+}
+
+
 def lm_arguments(cfg) -> dict[str, Any]:
     """`build_lm`'s flat arguments from the model section."""
-    common = dict(hidden=cfg.hidden, heads=cfg.heads, expansion=cfg.expansion, mlp_multiple=cfg.mlp_multiple)
+    common = dict(hidden=cfg.hidden, heads=cfg.heads, expansion=cfg.expansion, mlp_multiple=cfg.mlp_multiple, **BLOCK_STYLES[cfg.block_style])
     if cfg.family == "gpt":
         return dict(common, layers=cfg.layers)
     if cfg.family == "ilr":
@@ -125,34 +135,48 @@ def build_language_model(cfg, vocab: int, arguments: dict[str, Any] | None = Non
         raise PonderInputError(f"model '{cfg.family}': {e}") from None
 
 
-def retrofitted_model(cfg, tokenizer) -> tuple[Any, dict[str, Any]]:
-    """A recurrent LM made from the trained non-recurrent model of `model.init_from` (a
-    ponder gpt run or a GPT-2 folder), split by `model.retrofit_split`; with its build
-    arguments. The source's vocabulary must be the task tokenizer's."""
-    from ponder.lm.retrofit import load_gpt2_folder, retrofit_from_spec
+def load_source_model(cfg, tokenizer):
+    """The trained non-recurrent model of `model.init_from` (a ponder gpt run or a GPT-2
+    folder), in float32; its vocabulary must be the task tokenizer's and its context at
+    least `model.context`."""
+    from ponder.lm.retrofit import load_gpt2_folder
 
-    if cfg.family != "recurrent-lm":
-        raise PonderInputError(f"config key 'model.init_from': retrofitting makes a recurrent-lm, not a {cfg.family}")
-    if not cfg.retrofit_split:
-        raise PonderInputError("config key 'model.retrofit_split': with model.init_from, give the source's layers as prelude,core,coda counts, e.g. 1,2,1")
     source_dir = Path(cfg.init_from)
     if (source_dir / "config.json").is_file() and (source_dir / "model.safetensors").is_file():
         source = load_gpt2_folder(source_dir)
-        source_vocab = source.vocab
     else:
         from ponder.api import load_language_run
 
         source_cfg, source, source_tokenizer, _ = load_language_run(source_dir)
         if source_cfg.model.family != "gpt":
-            raise PonderInputError(f"config key 'model.init_from': {source_dir} is a {source_cfg.model.family} run; retrofitting takes a gpt run")
+            raise PonderInputError(f"config key 'model.init_from': {source_dir} is a {source_cfg.model.family} run; a gpt run is expected")
         if source_tokenizer.to_dict() != tokenizer.to_dict():
             raise PonderInputError(f"config key 'model.init_from': {source_dir} was trained with another tokenizer than task '{source_cfg.task.name}' gives here")
-        source_vocab = source.vocab
-    if source_vocab != tokenizer.vocab_size:
-        raise PonderInputError(f"config key 'model.init_from': {source_dir} has a vocabulary of {source_vocab}, the task's tokenizer {tokenizer.vocab_size}")
+    if source.vocab != tokenizer.vocab_size:
+        raise PonderInputError(f"config key 'model.init_from': {source_dir} has a vocabulary of {source.vocab}, the task's tokenizer {tokenizer.vocab_size}")
     if source.context < cfg.context:
         raise PonderInputError(f"config key 'model.context': {cfg.context} exceeds the source model's context {source.context}")
-    model = retrofit_from_spec(source.float(), cfg.retrofit_split, mean_r=cfg.cycles, state_init_std=cfg.state_init_std, backprop_depth=cfg.truncate_steps)
+    return source.float()
+
+
+def initialised_model(cfg, tokenizer) -> tuple[Any, dict[str, Any]]:
+    """The model that `model.init_from` starts from, with its build arguments: for a
+    recurrent-lm, the source split into prelude / core / coda by `model.retrofit_split`
+    (retrofitting); for a gpt, the source itself (training it on: the baseline a
+    retrofit is compared with). The config is updated to describe the model."""
+    from ponder.lm.retrofit import retrofit_from_spec
+
+    if cfg.family not in ("gpt", "recurrent-lm"):
+        raise PonderInputError(f"config key 'model.init_from': a trained gpt continues as a gpt or is retrofitted into a recurrent-lm; model.family is {cfg.family!r}")
+    if cfg.family == "gpt" and cfg.retrofit_split:
+        raise PonderInputError("config key 'model.retrofit_split': only a recurrent-lm is split; a gpt with model.init_from trains the source on as it is")
+    if cfg.family == "recurrent-lm" and not cfg.retrofit_split:
+        raise PonderInputError("config key 'model.retrofit_split': with model.init_from, give the source's layers as prelude,core,coda counts, e.g. 1,2,1")
+    source = load_source_model(cfg, tokenizer)
+    if cfg.family == "gpt":
+        cfg.hidden, cfg.heads, cfg.layers = source.hidden, source.common_args["heads"], len(source.blocks.blocks)
+        return source, dict(source.common_args, layers=len(source.blocks.blocks))
+    model = retrofit_from_spec(source, cfg.retrofit_split, mean_r=cfg.cycles, state_init_std=cfg.state_init_std, backprop_depth=cfg.truncate_steps)
     p, c, d = (int(x) for x in cfg.retrofit_split.split(","))
     # the config records the model it now describes
     cfg.hidden, cfg.heads, cfg.prelude_layers, cfg.core_layers, cfg.coda_layers = model.hidden, model.common_args["heads"], p, c, d
@@ -205,7 +229,7 @@ class LMTrainer(TrainerBase):
         if recorded is not None:  # resuming: the architecture the checkpoint was made with
             model, self.lm_args = build_language_model(cfg.model, self.vocab, recorded), recorded
         elif cfg.model.init_from:
-            model, self.lm_args = retrofitted_model(cfg.model, self.tokenizer)
+            model, self.lm_args = initialised_model(cfg.model, self.tokenizer)
         else:
             model, self.lm_args = build_language_model(cfg.model, self.vocab), lm_arguments(cfg.model)
         self.model = model.to(device=self.device, dtype=DTYPES[tc.dtype])

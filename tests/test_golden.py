@@ -1,7 +1,8 @@
 """Golden losses: the first 20 training losses of every CPU preset, pinned, so that a
 change of function (a block, an initialisation, the optimizer, the data stream) shows up
 even when every other test still passes. Each preset runs with its own model, optimizer
-and schedule on a small task (the sizes below) with batch 16 and one thread.
+and schedule on a small task (the sizes below) with batch 16 (a language model: 4
+windows) and one thread.
 
 After a deliberate change: `python tests/test_golden.py --update` rewrites
 golden_losses.json; say in the commit why the losses moved."""
@@ -19,20 +20,28 @@ PRESETS = [
     "transformer-sudoku-cpu", "attractor-sudoku-cpu", "trm-bool-depth", "transformer-bool-depth", "trm-cellular",
     "transformer-cellular", "trm-graph-reach", "transformer-graph-reach", "trm-khop", "transformer-khop",
 ]
+LM_PRESETS = [
+    "gpt-shakespeare-char", "ilr-shakespeare-char", "recurrent-lm-shakespeare-char", "attractor-lm-shakespeare-char",
+    "gpt-arithmetic", "recurrent-lm-arithmetic", "gpt-multihop", "recurrent-lm-multihop",
+]
 
 
 def first_losses(name: str, out: Path) -> list[float]:
     from ponder import api
 
-    sizes = ["task.train_size=256", "task.val_size=16", "task.test_size=16"]
-    run = [f"train.steps={STEPS}", "train.batch_size=16", "train.eval_every=1000", "train.checkpoint_every=1000",
-           "train.log_every=1", "train.threads=1", "train.eval_segments=1", "train.budget_minutes=0"]
+    sizes = [] if name.endswith("shakespeare-char") else ["task.train_size=256", "task.val_size=16", "task.test_size=16"]
+    run = [f"train.steps={STEPS}", "train.eval_every=1000", "train.checkpoint_every=1000", "train.log_every=1", "train.threads=1",
+           "train.budget_minutes=0"]
+    if name in LM_PRESETS:
+        run += ["train.batch_size=4", "train.eval_batches=1", "train.eval_recurrence=1"]
+    else:
+        run += ["train.batch_size=16", "train.eval_segments=1"]
     api.train(sizes + run, preset=name, out=str(out), progress=False)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows if r["event"] == "train"]
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", PRESETS + LM_PRESETS)
 def test_first_losses_are_pinned(name, tmp_path):
     golden = json.loads(GOLDEN.read_text())
     assert name in golden, f"no golden losses for {name}: run python tests/test_golden.py --update"
@@ -46,8 +55,13 @@ def test_first_losses_are_pinned(name, tmp_path):
 def test_every_cpu_preset_is_pinned():
     from ponder.config import build_config, preset_names
 
-    cpu = [n for n in preset_names() if build_config(preset=n).train.batching == "shrink"]
+    from ponder.lm.models import LM_FAMILIES
+
+    configs = {n: build_config(preset=n) for n in preset_names()}
+    language = [n for n, c in configs.items() if c.model.family in LM_FAMILIES]
+    cpu = [n for n, c in configs.items() if c.train.batching == "shrink" and n not in language]
     assert sorted(cpu) == sorted(PRESETS)
+    assert sorted(language) == sorted(LM_PRESETS)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--update"]:
@@ -57,5 +71,5 @@ if __name__ == "__main__" and sys.argv[1:] == ["--update"]:
     import conftest  # noqa: F401  (the test cache folder)
 
     with tempfile.TemporaryDirectory() as tmp:
-        GOLDEN.write_text(json.dumps({n: first_losses(n, Path(tmp) / n) for n in PRESETS}, indent=1) + "\n")
+        GOLDEN.write_text(json.dumps({n: first_losses(n, Path(tmp) / n) for n in PRESETS + LM_PRESETS}, indent=1) + "\n")
     print(f"wrote {GOLDEN}")

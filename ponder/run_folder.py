@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.config import RunConfig, config_from_dict
-from ponder.errors import PonderInputError
+from ponder.errors import PonderInputError, read_json
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -88,11 +88,7 @@ def load_config(run_dir: Path) -> RunConfig:
         raise PonderInputError(f"{run_dir}: no such run folder")
     if not path.is_file():
         raise PonderInputError(f"{run_dir}: not a run folder (no {CONFIG}); expected a folder written by 'ponder train'")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PonderInputError(f"{path}:{e.lineno}: corrupt config (not valid JSON)") from None
-    return config_from_dict(data, str(path))
+    return config_from_dict(read_json(path, "a corrupt config"), str(path))
 
 
 def environment(device) -> dict[str, Any]:

@@ -8,8 +8,6 @@ from ponder.errors import PonderInputError
 from ponder.tasks import keyed, maze
 from ponder.tasks.grids import DIHEDRAL_INVERSE, IGNORE, dihedral
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def embed(rows: list[str]) -> str:
     """A small picture in the top-left corner of a 30x30 grid of walls."""
@@ -191,16 +189,21 @@ def test_generate_rejects_bad_arguments():
 
 
 def shared_data() -> Path | None:
-    for base in (Path("/work/shared/data"), ROOT.parent / "shared" / "data"):
-        if (base / "maze-30x30-hard-1k" / "test.csv").is_file():
-            return base / "maze-30x30-hard-1k"
-    return None
+    """The Maze-Hard folder under the benchmark data root (`$PONDER_DATA` or
+    ../shared/data), or None where it is absent."""
+    from ponder.tasks.builders import raw_root
+
+    try:
+        folder = raw_root() / "maze-30x30-hard-1k"
+    except PonderInputError:
+        return None
+    return folder if (folder / "test.csv").is_file() else None
 
 
 def test_real_maze_hard_rows_match_the_tie_break():
     folder = shared_data()
     if folder is None:
-        pytest.skip("Maze-Hard data not found under /work/shared/data or ../shared/data")
+        pytest.skip("Maze-Hard data not found under $PONDER_DATA or ../shared/data")
     questions, answers = maze.read_csv(folder / "test.csv")
     assert questions.shape == (1000, maze.SIZE)
     assert ((answers == maze.PATH).sum(1) + 2 >= 110).all()

@@ -21,12 +21,11 @@ would change.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from ponder.errors import PonderInputError
+from ponder.errors import PonderInputError, read_json
 from ponder.lm.models import GPT, ILR, RecurrentLM
 
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")  # Hugging Face's names for GELU's tanh approximation
@@ -38,12 +37,7 @@ def read_gpt2_config(path: Path) -> dict:
     file = path / "config.json"
     if not file.is_file():
         raise PonderInputError(f"{file}: missing; expected a GPT-2 config.json next to model.safetensors")
-    try:
-        config = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise PonderInputError(f"{file}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise PonderInputError(f"{file}: cannot be read ({e})") from None
+    config = read_json(file, "expected a GPT-2 config.json")
     if not isinstance(config, dict):
         raise PonderInputError(f"{file}: expected a JSON object of GPT-2 settings, got {type(config).__name__}")
 

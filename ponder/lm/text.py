@@ -68,7 +68,7 @@ import numpy as np
 import torch
 
 from ponder.config import parse_depth_range
-from ponder.errors import PonderInputError
+from ponder.errors import PonderInputError, read_json
 from ponder.tasks.dataset import DATA_FILE, MANIFEST, sha256_file
 from ponder.tasks.dataset import FORMAT as PUZZLE_FORMAT
 from ponder.tasks.grids import seed_int
@@ -627,12 +627,7 @@ def _read_text_manifest(folder: Path) -> dict:
         raise PonderInputError(f"{folder}: no such folder; expected a text dataset folder written by save_text")
     if not path.is_file():
         raise PonderInputError(f"{folder}: not a text dataset folder (no {MANIFEST}); expected a folder written by save_text")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PonderInputError(f"{path}:{e.lineno}: corrupt manifest (not valid JSON)") from None
-    except UnicodeDecodeError:
-        raise PonderInputError(f"{path}: corrupt manifest (not UTF-8 text)") from None
+    manifest = read_json(path, "a corrupt manifest: rebuild the folder with 'ponder data build'")
     form = manifest.get("format") if isinstance(manifest, dict) else None
     if form == PUZZLE_FORMAT:
         raise PonderInputError(f"{path}: a puzzle dataset (format '{PUZZLE_FORMAT}'), not a text dataset (format '{FORMAT}')")

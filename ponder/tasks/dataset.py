@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ponder.errors import PonderInputError
+from ponder.errors import PonderInputError, read_json
 
 DATA_FILE = "data.safetensors"
 MANIFEST = "manifest.json"
@@ -112,10 +112,7 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
     path = data_dir / MANIFEST
     if not path.is_file():
         raise PonderInputError(f"{data_dir}: not a dataset folder (no {MANIFEST}); build one with 'ponder data build NAME --out DIR'")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PonderInputError(f"{path}:{e.lineno}: corrupt manifest (not valid JSON)") from None
+    manifest = read_json(path, "a corrupt manifest: rebuild the folder with 'ponder data build'")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PonderInputError(f"{path}: not a ponder dataset manifest (expected format '{FORMAT}')")
     return manifest

@@ -3,16 +3,13 @@ exact resume after SIGKILL, the eval / sample / probe verbs, a reasoning corpus 
 generated answers, and one-line errors for bad input."""
 
 import json
-import signal
 import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 from ponder import api
-from test_resume import checkpoint_step
+from test_resume import checkpoint_step, logged, train_then_sigkill
 
 TINY = ["model.hidden=16", "model.heads=2", "model.context=16", "train.batch_size=4", "train.eval_batches=2",
         "train.eval_recurrence=1,2,4", "train.lr_warmup=2", "train.log_every=1"]
@@ -23,11 +20,6 @@ def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("text") / "tiny.txt"
     path.write_text("to be, or not to be, that is the question:\nwhether tis nobler in the mind to suffer\n" * 60)
     return path
-
-
-def logged(run):
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("speed", "train_seconds", "total_seconds")} for r in rows if r["event"] in ("train", "val", "test")]
 
 
 def test_recurrent_lm_trains_and_reports_loss_by_recurrence(text_file, tmp_path):
@@ -47,12 +39,7 @@ def test_sigkill_then_resume_equals_uninterrupted(text_file, tmp_path, ponder_cm
     full = tmp_path / "full"
     subprocess.run(ponder_cmd + ["train", "--out", str(full), *args], check=True, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(ponder_cmd + ["train", "--out", str(killed), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while checkpoint_step(killed) < 4 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    train_then_sigkill(ponder_cmd, killed, args, after_step=4)
     if (killed / "results.json").exists():
         pytest.skip("the run finished before it could be killed")
     assert 4 <= checkpoint_step(killed) < 30

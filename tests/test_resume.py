@@ -29,6 +29,17 @@ def checkpoint_step(run):
         return 0
 
 
+def train_then_sigkill(ponder_cmd, out, args, after_step):
+    """Start `ponder train --out out args` and SIGKILL it once its checkpoint has reached
+    `after_step` (or it ended, or two minutes passed)."""
+    proc = subprocess.Popen(ponder_cmd + ["train", "--out", str(out), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while checkpoint_step(out) < after_step and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.parametrize("batching", ["shrink", "refill"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, ponder_cmd, batching):
     args = ARGS + [f"train.batching={batching}"]
@@ -36,12 +47,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, ponder_cmd, batching
     subprocess.run(ponder_cmd + ["train", "--out", str(full), *args], check=True, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(ponder_cmd + ["train", "--out", str(killed), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while checkpoint_step(killed) < 6 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    train_then_sigkill(ponder_cmd, killed, args, after_step=6)
     assert not (killed / "results.json").exists(), "the run finished before it could be killed"
     step = checkpoint_step(killed)
     assert 6 <= step < 40

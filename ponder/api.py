@@ -146,7 +146,7 @@ def evaluate_language(run: str, recurrence: str | None = None) -> dict[str, Any]
     each test-time recurrence, and for a reasoning corpus generated-answer accuracy on
     its test problems by depth."""
     from ponder.config import parse_int_list
-    from ponder.lm.evaluate import answer_accuracy, validation_loss
+    from ponder.lm.evaluate import answers_by_recurrence, loss_by_recurrence
     from ponder.lm.text import CharTokenizer
     from ponder.lm.train import load_text_for
 
@@ -157,21 +157,16 @@ def evaluate_language(run: str, recurrence: str | None = None) -> dict[str, Any]
         depths = parse_int_list(recurrence or cfg.train.eval_recurrence) if model.recurrent else [None]
     except ValueError:
         raise PonderInputError(f"--recurrence: expected comma-separated integers >= 1, got {recurrence!r}") from None
-    if model.recurrent and model.mean_r not in depths:  # the headline loss is at the model's own depth
-        depths = sorted(depths + [model.mean_r])
+    default = model.mean_r if model.recurrent else None  # the headline loss is at the model's own depth
+    depths = sorted(set(depths) | {default}) if model.recurrent else depths
     text = load_text_for(cfg.task)
     val = torch.from_numpy(text.splits["val"].astype("int64")).to(device)
     tc = cfg.train
-    losses = {("default" if r is None else str(r)): round(validation_loss(model, val, cfg.model.context, tc.batch_size, tc.eval_batches, r=r), 6) for r in depths}
-    loss = losses[str(model.mean_r) if model.recurrent else "default"]
-    result: dict[str, Any] = {"data": f"val split of {run}", "loss": loss, "loss_by_recurrence": losses}
-    if isinstance(tokenizer, CharTokenizer):
-        import math
-
-        result["bits_per_character"] = round(loss / math.log(2), 6)
+    record = loss_by_recurrence(model, val, cfg.model.context, tc.batch_size, tc.eval_batches, depths, default, isinstance(tokenizer, CharTokenizer))
+    result: dict[str, Any] = {"data": f"val split of {run}", **record}
     problems = text.problems.get("test") or []
     if problems:
-        result["answers"] = {("default" if r is None else str(r)): answer_accuracy(model, tokenizer, problems, r=r) for r in depths}
+        result["answers"] = answers_by_recurrence(model, tokenizer, problems, depths)
     return result
 
 

@@ -7,8 +7,9 @@ Validation windows come from `ponder.lm.text.windows` with a seed of their own
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,35 @@ def validation_loss(
     if reduce is not None:
         total = reduce(total)
     return float(total[0] / total[1])
+
+
+def key(r: int | None) -> str:
+    """A depth's key in results: "default" for a model without a recurrence, else r."""
+    return "default" if r is None else str(r)
+
+
+def loss_by_recurrence(
+    model, tokens: torch.Tensor, context: int, batch: int, batches: int, depths: list[int | None], default: int | None,
+    per_character: bool, autocast: str = "none", **ranks,
+) -> dict[str, Any]:
+    """The record of a validation run: the loss at each of `depths` (None: a model
+    without a recurrence), `loss` at depth `default`, the best depth when more than one
+    was run, and for a character tokenizer (`per_character`) bits per character.
+    `ranks`: `validation_loss`'s rank, world and reduce."""
+    losses = {key(r): validation_loss(model, tokens, context, batch, batches, r=r, autocast=autocast, **ranks) for r in depths}
+    loss = losses[key(default)]
+    record: dict[str, Any] = {"loss": round(loss, 6), "loss_by_recurrence": {k: round(v, 6) for k, v in losses.items()}}
+    if len(losses) > 1:
+        best = min(losses, key=losses.get)
+        record.update(best_recurrence=int(best), best_loss=round(losses[best], 6))
+    if per_character:  # a token is a character: the loss in bits is bits per character
+        record["bits_per_character"] = round(loss / math.log(2), 6)
+    return record
+
+
+def answers_by_recurrence(model, tokenizer, problems, depths: list[int | None], autocast: str = "none") -> dict[str, dict]:
+    """`answer_accuracy` at each test-time depth, keyed like `loss_by_recurrence`."""
+    return {key(r): answer_accuracy(model, tokenizer, problems, r=r, autocast=autocast) for r in depths}
 
 
 @torch.no_grad()

@@ -15,7 +15,6 @@ match of generated answers by problem depth and recurrence.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 
 from ponder.config import RunConfig, TaskConfig, parse_int_list
 from ponder.errors import PonderInputError
-from ponder.lm.evaluate import answer_accuracy, validation_loss
+from ponder.lm.evaluate import answers_by_recurrence, loss_by_recurrence
 from ponder.lm.models import LM_FAMILIES, build_lm, r_for_step
 from ponder.lm.text import TEXT_TASKS, CharTokenizer, TextDataset, build_text, load_text, save_text, windows
 from ponder.models.driver import autocast_context
@@ -282,21 +281,11 @@ class LMTrainer(TrainerBase):
         comes out of a time budget, and a sweep up to r = 64 would take a recurrent model's
         share of it)."""
         tc = self.tc
-        model = self.eval_model
-        losses = {}
-        for r in self.recurrences() if every_depth else [self.default_r()]:
-            losses["default" if r is None else str(r)] = validation_loss(
-                model, self.val_tokens, self.cfg.model.context, tc.batch_size, tc.eval_batches, r=r, autocast=tc.autocast,
-                rank=self.dist.rank, world=self.dist.world, reduce=self.dist.all_sum,
-            )
-        loss = losses[str(self.default_r()) if self.recurrent else "default"]
-        record: dict[str, Any] = {"loss": round(loss, 6), "loss_by_recurrence": {k: round(v, 6) for k, v in losses.items()}}
-        if self.recurrent and every_depth:
-            best = min(losses, key=losses.get)
-            record.update(best_recurrence=int(best), best_loss=round(losses[best], 6))
-        if isinstance(self.tokenizer, CharTokenizer):  # a token is a character: the loss in bits is bits per character
-            record["bits_per_character"] = round(loss / math.log(2), 6)
-        return record
+        return loss_by_recurrence(
+            self.eval_model, self.val_tokens, self.cfg.model.context, tc.batch_size, tc.eval_batches,
+            self.recurrences() if every_depth else [self.default_r()], self.default_r(), isinstance(self.tokenizer, CharTokenizer),
+            autocast=tc.autocast, rank=self.dist.rank, world=self.dist.world, reduce=self.dist.all_sum,
+        )
 
     def val_summary(self, record: dict[str, Any]) -> str:
         return f"{record['loss']:.3f}"
@@ -325,10 +314,7 @@ class LMTrainer(TrainerBase):
         problems = self.text.problems.get("test") or []
         if problems:
             result["split"] = "val (loss), test (answers)"
-            result["answers"] = {
-                ("default" if r is None else str(r)): answer_accuracy(self.eval_model, self.tokenizer, problems, r=r, autocast=tc.autocast)
-                for r in self.recurrences()
-            }
+            result["answers"] = answers_by_recurrence(self.eval_model, self.tokenizer, problems, self.recurrences(), tc.autocast)
         result["total_seconds"] = round(time.time() - self.t0, 1)
         if self.main:
             self.log.write({"event": "test", **result})

@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 import throughput  # noqa: E402
 from ponder.models.flops import peak_flops  # noqa: E402
-from ponder.run_folder import CHECKPOINT, CONFIG, METRICS  # noqa: E402
+from ponder.run_folder import CHECKPOINT, CONFIG, METRICS, read_jsonl  # noqa: E402
 from ponder.train.checkpoint import checkpoint_files  # noqa: E402
 
 MAX_FILES, MAX_FILE_BYTES = 8, 16 * 2**20
@@ -97,10 +97,8 @@ def bench_plan(presets: list[str], tiny: bool) -> list[tuple[str, str, bool, str
 def run_benchmarks(args, device: torch.device, deadline: float, log) -> list[dict]:
     rows = []
     estimate = {False: 25.0, True: 90.0}  # seconds a row may take (compilation dominates a compiled one)
-    if args.tiny:
-        estimate = {False: 1.0, True: 1.0}
     for preset, batching, compiled, precision in bench_plan(args.bench_presets.split(","), args.tiny):
-        if time.time() + estimate[compiled] > deadline:
+        if not args.tiny and time.time() + estimate[compiled] > deadline:  # tiny rows take a second: all run
             rows.append({"preset": preset, "batching": batching, "compiled": compiled, "precision": precision, "skipped": "time"})
             continue
         try:
@@ -130,22 +128,38 @@ def continue_run(args, deadline: float, log) -> dict:
     if it overruns the deadline."""
     if args.data and not (Path(args.data) / "manifest.json").is_file():
         return {"error": f"{args.data}: no dataset folder; build it first with 'ponder data build' and send it with the call"}
-    setup = 3.0 if args.tiny else 75.0  # loading data and building the model before the clock of train.max_minutes starts
+    setup = 5.0 if args.tiny else 75.0  # loading data and building the model before the clock of train.max_minutes starts
     minutes = (deadline - time.time() - setup) / 60
+    if args.tiny:  # a few seconds of training; the rest of --minutes is headroom for a slow machine
+        minutes = min(minutes, 0.05)
     if minutes <= 0.02:
         return {"skipped": "no time left"}
     command = train_command(args, minutes)
     log("train: " + " ".join(command[2:]))
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    stops_before = count_stops(Path(args.run) / METRICS)
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    terminated = False
     try:
         out, _ = proc.communicate(timeout=max(5.0, deadline - time.time()))
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGTERM)  # the trainer checkpoints and stops after its current step
+        terminated = True
         out, _ = proc.communicate(timeout=120)
     tail = "\n".join((out or "").strip().splitlines()[-4:])
     log(tail)
-    return {"returncode": proc.returncode, "tail": tail}
+    # On a slow machine the SIGTERM can land after the trainer's own timed stop, while
+    # the interpreter exits: the returncode says "killed", yet the run logged its stop.
+    stopped = count_stops(Path(args.run) / METRICS) > stops_before
+    return {"returncode": proc.returncode, "terminated": terminated, "stopped_cleanly": proc.returncode == 0 or stopped,
+            "tail": tail}
+
+
+def count_stops(metrics: Path) -> int:
+    """How many checkpointed stops ("stop" lines) the run's metrics log holds."""
+    if not metrics.is_file():
+        return 0
+    return sum(record.get("event") == "stop" for record in read_jsonl(metrics))
 
 
 def copy_out(args, rows: list[dict], report: dict, result: dict) -> list[str]:
@@ -203,7 +217,7 @@ def main() -> int:
     files = copy_out(args, rows, report, result)
     log(f"wrote {', '.join(files)} to {args.out}")
     print(throughput.table([r for r in rows if "example_segments_per_s" in r], throughput.environment(str(device))))
-    return 0 if result.get("returncode", 0) == 0 and "error" not in result else 1
+    return 0 if result.get("stopped_cleanly", True) and "error" not in result else 1
 
 
 if __name__ == "__main__":

@@ -170,8 +170,16 @@ def evaluate_language(run: str, recurrence: str | None = None) -> dict[str, Any]
     return result
 
 
-def sample(run: str, prompt: str = "\n", max_new: int = 200, temperature: float = 0.8, top_k: int = 0, recurrence: int = 0, seed: int = 0) -> dict[str, Any]:
+def sample(
+    run: str, prompt: str = "\n", max_new: int = 200, temperature: float = 0.8, top_k: int = 0, recurrence: int = 0,
+    seed: int = 0, decoder: str = "autoregressive", cache: str = "auto", window: int = 4, exit_kl: float = 0.0,
+    exit_latent: float = 0.0,
+) -> dict[str, Any]:
     """Generate text from a language-model run (its EMA weights).
+
+    A recurrent-lm run can decode faster (see `ponder.lm.decoding`): with a shared
+    cache, per-token exit or the diffusion-forcing decoder, the prompt and the new
+    tokens must fit the model's context, and the result reports the cost per token.
 
     Args:
         run: the run folder
@@ -182,22 +190,59 @@ def sample(run: str, prompt: str = "\n", max_new: int = 200, temperature: float 
         top_k: keep the k likeliest tokens at each step (0: all)
         recurrence: core iterations per token for a recurrent model (0: its default)
         seed: the sampling seed
+        decoder: autoregressive (one token per forward pass) or diffusion (the
+            diffusion-forcing sampler: a window of tokens refined in parallel, one core
+            iteration per pass)
+        cache: per-iteration (exact; memory grows with the recurrence), shared (one entry
+            per core layer: each past token's latest iteration), or auto (shared for the
+            diffusion decoder, per-iteration otherwise)
+        window: diffusion: the most tokens in flight
+        exit_kl: stop a token's iterations once the KL divergence between two successive
+            iterations' predictions is below this (0: off)
+        exit_latent: stop a token's iterations once its latent changes by less than this
+            fraction between two iterations (0: off)
     """
+    from ponder.lm.decoding import CACHE_KINDS, METHODS
+
     cfg, model, tokenizer, device = load_language_run(run)
     if max_new < 1 or temperature < 0 or top_k < 0 or recurrence < 0:
         raise PonderInputError(f"--max-new >= 1, --temperature >= 0, --top-k >= 0 and --recurrence >= 0 expected, got {max_new}, {temperature}, {top_k}, {recurrence}")
+    if decoder not in METHODS or cache not in (*CACHE_KINDS, "auto"):
+        raise PonderInputError(f"--decoder: one of {', '.join(METHODS)} and --cache: one of {', '.join(CACHE_KINDS)}, auto expected, got {decoder!r}, {cache!r}")
+    if cache == "auto":
+        cache = "shared" if decoder == "diffusion" else "per-iteration"
+    if window < 1 or not exit_kl >= 0 or not exit_latent >= 0:
+        raise PonderInputError(f"--window >= 1, --exit-kl >= 0 and --exit-latent >= 0 expected, got {window}, {exit_kl}, {exit_latent}")
+    if decoder == "diffusion" and cache != "shared":
+        raise PonderInputError("--decoder diffusion: the diffusion-forcing sampler reads the shared cache, not --cache per-iteration")
+    fast = decoder == "diffusion" or cache == "shared" or exit_kl > 0 or exit_latent > 0
     if recurrence and not model.recurrent:
         raise PonderInputError(f"--recurrence: {run} is a '{cfg.model.family}' run, which has no recurrent core")
+    if fast and cfg.model.family != "recurrent-lm":
+        raise PonderInputError(f"--decoder/--cache/--exit-kl/--exit-latent: fast decoding needs a recurrent-lm run; {run} is '{cfg.model.family}'")
     from ponder.lm.text import at_line_start
 
     if not prompt:
         raise PonderInputError("--prompt: empty; give at least one character")
     ids = tokenizer.encode(at_line_start(cfg.task.name, prompt))
-    idx = torch.tensor([ids[-model.context :]], dtype=torch.long, device=device)
+    if len(ids) > model.context:
+        raise PonderInputError(f"--prompt: {len(ids)} tokens, longer than the model's context of {model.context}")
+    if fast and len(ids) + max_new - 1 > model.context:
+        raise PonderInputError(f"--max-new: a prompt of {len(ids)} tokens and {max_new} new ones exceed the model's context of {model.context} (fast decoding does not slide the window)")
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    out = model.generate(idx, max_new, temperature=temperature, top_k=top_k or None, r=recurrence or None, generator=generator)
+    costs = None
+    if fast:
+        from ponder.lm.decoding import decode
+
+        decoded = decode(model, idx, max_new, recurrence or None, decoder, cache, window, exit_kl, exit_latent,
+                         temperature, top_k or None, generator)
+        out, costs = decoded.tokens, decoded.summary()
+    else:
+        out = model.generate(idx, max_new, temperature=temperature, top_k=top_k or None, r=recurrence or None, generator=generator)
     new = out[0, idx.shape[1] :].tolist()
-    return {"prompt": prompt, "text": tokenizer.decode(new), "tokens": len(new), "recurrence": recurrence or getattr(model, "mean_r", None)}
+    result = {"prompt": prompt, "text": tokenizer.decode(new), "tokens": len(new), "recurrence": recurrence or getattr(model, "mean_r", None)}
+    return {**result, **({"decoding": {"decoder": decoder, "cache": cache, **costs}} if costs else {})}
 
 
 def probe(run: str, prompt: str, recurrence: int = 0, out: str | None = None) -> dict[str, Any]:

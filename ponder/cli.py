@@ -181,6 +181,11 @@ def show_eval(result: dict[str, Any]) -> None:
 
 def show_sample(result: dict[str, Any]) -> None:
     print(result["prompt"] + result["text"])
+    if "decoding" in result:
+        d = result["decoding"]
+        print(f"\n[{d['decoder']}, {d['cache']} cache: {d['core_calls_per_token']:.2f} sequential core calls and "
+              f"{d['iterations_per_token']:.2f} iterations per token, {d['forward_passes_per_token']:.2f} forward passes "
+              f"per token, cache {d['cache_bytes'] / 2**10:.0f} KiB, {d['new_tokens'] / max(d['seconds'], 1e-9):.0f} tokens/s]")
 
 
 def show_probe(result: dict[str, Any]) -> None:

@@ -54,12 +54,19 @@ def test_verbs_on_a_run(text_file, tmp_path, ponder_cmd):
     assert set(evaluated["loss_by_recurrence"]) == {"1", "4", "8"}  # the model's own depth is always there
     one = api.sample(str(run), prompt="to be", max_new=12, temperature=0.0)
     assert len(one["text"]) == 12 and one == api.sample(str(run), prompt="to be", max_new=12, temperature=0.0)  # greedy: deterministic
+    fast = api.sample(str(run), prompt="to be", max_new=8, temperature=0.0, decoder="diffusion", window=4)
+    assert len(fast["text"]) == 8 and fast["decoding"]["cache"] == "shared" and fast["decoding"]["iterations_per_token"] == 4
     probed = api.probe(str(run), "to be or", recurrence=3, out=str(tmp_path / "probe.png"))
     assert set(probed["ranks"]) == {"logit lens", "coda lens"} and all(len(v) == 3 for v in probed["ranks"]["coda lens"].values())
     assert (tmp_path / "probe.png").is_file()
     for args, message in [
         (["sample", str(run), "--prompt", "QQ"], "not in the tokenizer's vocabulary"),
         (["eval", str(run), "--recurrence", "0"], "--recurrence"),
+        (["sample", str(run), "--prompt", "to be", "--decoder", "diffusion", "--window", "0"], "--window >= 1"),
+        (["sample", str(run), "--prompt", "to be", "--exit-kl", "-1"], "--exit-kl >= 0"),
+        (["sample", str(run), "--prompt", "to be or not to be, that", "--temperature", "0"], "longer than the model's context of 16"),
+        (["sample", str(run), "--prompt", "to be", "--cache", "shared", "--max-new", "20"], "exceed the model's context"),
+        (["sample", str(run), "--prompt", "to be", "--decoder", "diffusion", "--cache", "per-iteration"], "shared cache"),
         (["train", "--preset", "gpt-shakespeare-char", "--out", str(tmp_path / "x"), f"task.text_file={tmp_path / 'missing.txt'}"], "missing.txt"),
         (["train", "--preset", "gpt-shakespeare-char", "--out", str(tmp_path / "y"), "task.name=sudoku"], "is a language model but task.name=sudoku"),
     ]:

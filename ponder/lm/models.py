@@ -153,6 +153,7 @@ class CausalLM(nn.Module):
     def generate(
         self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
         r: int | None = None, generator: torch.Generator | None = None, use_cache: bool = True,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Extend idx (B, T) by `max_new_tokens` sampled tokens -> (B, T + new).
 
@@ -160,8 +161,9 @@ class CausalLM(nn.Module):
         drives the sampling. The model conditions on at most the last `context` tokens:
         once the sequence outgrows the context the window slides, positions shift, and each
         step is recomputed without the cache. Call `eval()` first for reproducible output
-        (a recurrent model in training mode draws a fresh noisy initial state per call)."""
-        cache = KVCache() if use_cache else None
+        (a recurrent model in training mode draws a fresh noisy initial state per call).
+        `cache`: an empty `KVCache` to fill (to inspect it afterwards); default a new one."""
+        cache = (cache if cache is not None else KVCache()) if use_cache else None
         new = idx  # (B, t) positions not in the cache yet
         for _ in range(max_new_tokens):
             if cache is not None and cache.length + new.shape[1] > self.context:

@@ -187,6 +187,10 @@ class KVCache:
             self.entries[key] = (k, v)
         return k, v
 
+    def nbytes(self) -> int:
+        """Bytes held by the stored keys and values."""
+        return sum(t.numel() * t.element_size() for pair in self.entries.values() for t in pair)
+
     @contextlib.contextmanager
     def frozen(self) -> Iterator["KVCache"]:
         """Inside, attention reads the cache but stores nothing."""

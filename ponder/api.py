@@ -26,17 +26,12 @@ from ponder.tasks import Split, load_dataset_for, scorer, sudoku
 from ponder.tasks.builders import get_builder
 from ponder.tasks.dataset import MANIFEST, load_dataset
 from ponder.registry import check_names
-from ponder.run_folder import CHECKPOINT, load_config
+from ponder.run_folder import CHECKPOINT, FolderLock, holds_work, load_config
 from ponder.train.checkpoint import load_weights, read_checkpoint
 from ponder.train.distributed import launched, pick_device
-from ponder.train.loop import process_settings
+from ponder.train.loop import RESUMABLE_KEYS, process_settings
 from ponder.train.loop import train as train_loop
 
-# What a resumed run may change: how long and where it runs, not what it computes.
-RESUMABLE_KEYS = (
-    "train.steps", "train.max_minutes", "train.budget_minutes", "train.eval_every", "train.checkpoint_every", "train.checkpoint_minutes",
-    "train.log_every", "train.threads", "train.device", "train.compile", "train.peak_tflops",
-)
 
 
 def train(overrides: list[str] | None = None, preset: str | None = None, config: str | None = None, out: str | None = None, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -405,21 +400,22 @@ def data_build(name: str, overrides: list[str] | None = None, *, out: str, seed:
     from ponder.tasks.dataset import save_dataset
 
     out_dir = Path(out)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise PonderInputError(f"{out_dir}: exists and is not an empty folder; choose another --out")
     values = {"task.name": name, "task.seed": seed, **{_task_key(k): v for k, v in parse_overrides(list(overrides or [])).items()}}
     cfg = apply_values(RunConfig(), values, "override")  # task defaults, not a preset's
-    start = time.time()
-    if is_text_task(name):
-        from ponder.lm.text import build_text, save_text
-        from ponder.lm.train import text_options
+    with FolderLock(out_dir, "dataset folder"):  # one builder per folder
+        if holds_work(out_dir):
+            raise PonderInputError(f"{out_dir}: exists and is not an empty folder; choose another --out")
+        start = time.time()
+        if is_text_task(name):
+            from ponder.lm.text import build_text, save_text
+            from ponder.lm.train import text_options
 
-        manifest = save_text(build_text(name, text_options(cfg.task), seed=seed, progress=progress), out_dir)
-        counts = {k: int(v) for k, v in manifest.get("tokens", {}).items()}
-        return {"out": str(out_dir), "seconds": round(time.time() - start, 1), "counts": counts, "unit": "tokens", **manifest}
-    dataset = build(cfg.task, progress=progress)
-    manifest = save_dataset(dataset, out_dir)
-    return {"out": str(out_dir), "seconds": round(time.time() - start, 1), **manifest}
+            manifest = save_text(build_text(name, text_options(cfg.task), seed=seed, progress=progress), out_dir)
+            counts = {k: int(v) for k, v in manifest.get("tokens", {}).items()}
+            return {"out": str(out_dir), "seconds": round(time.time() - start, 1), "counts": counts, "unit": "tokens", **manifest}
+        dataset = build(cfg.task, progress=progress)
+        manifest = save_dataset(dataset, out_dir)
+        return {"out": str(out_dir), "seconds": round(time.time() - start, 1), **manifest}
 
 
 def data_show(data: str, split: str = "train", n: int = 3) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """A run folder: the one place that knows its file names and how each is written.
 
+    .lock                    held by the one process writing the folder (`FolderLock`)
     config.json              the resolved config
     metrics.jsonl            one JSON line per logged event (start/resume, train, val, test, stop)
     checkpoint.safetensors   the resumable training state (`ponder.train.checkpoint`), with
@@ -7,7 +8,8 @@
     results.json             the final test evaluation
     curves.png               the plots of `ponder.viz.plots`
 
-Every text file is written whole or not at all (`write_atomic`); the log is append-only
+Every text file is written whole or not at all (`write_atomic`, through a temporary
+name unique to the writer); one process writes a folder at a time; the log is append-only
 and, on resume, cut back to the checkpoint's step so a resumed run logs exactly what an
 uninterrupted one does.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -31,15 +34,99 @@ RESULTS = "results.json"
 PLOT = "curves.png"
 
 
+LOCK = ".lock"
+
+
+def temporary_name(path: Path) -> Path:
+    """A temporary file beside `path`, unique to this process and call, so two writers
+    never share one: `<name>.<pid>-<random>.tmp`."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write a small text file so a reader never sees it half-written."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Delete temporary files (`*.tmp`) that killed writers left in `folder`; call only
+    while holding its `FolderLock`."""
+    for f in Path(folder).glob("*.tmp"):
+        try:
+            f.unlink()
+        except OSError:
+            pass
+
+
+class FolderLock:
+    """An exclusive lock on a folder for the life of one writer (`ponder train`,
+    `ponder data build`): `<folder>/.lock`, locked with `flock` and holding the writer's
+    pid. A second writer gets a one-line error naming the holder. The lock dies with
+    its process, so a killed writer never leaves the folder locked. (Where `flock` does
+    not exist the lock is advisory only: the file is written, nothing is enforced.)"""
+
+    def __init__(self, folder: Path, what: str = "run folder"):
+        self.folder, self.what = Path(folder), what
+        self.file = None
+        self.created = False
+
+    def __enter__(self) -> "FolderLock":
+        folder = self.folder
+        if folder.exists() and not folder.is_dir():
+            raise PonderInputError(f"{folder}: exists and is not a folder; expected a {self.what} (or a new path)")
+        self.created = not folder.exists()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.file = open(folder / LOCK, "a+")
+        except OSError as e:
+            raise PonderInputError(f"{folder}: cannot write the {self.what} ({e.strerror or e})") from None
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: advisory only
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self.file.seek(0)
+                holder = self.file.read().strip() or "unknown"
+                self.file.close()
+                self.file = None
+                raise PonderInputError(f"{folder}: another process (pid {holder}) is writing this {self.what}; wait for it or use another folder") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if self.file is None:
+            return
+        failed_empty = kind is not None and self.created and [p.name for p in self.folder.iterdir()] == [LOCK]
+        if failed_empty:  # a writer that failed before writing anything leaves no folder behind
+            (self.folder / LOCK).unlink(missing_ok=True)
+        self.file.close()  # closing releases the flock
+        self.file = None
+        if failed_empty:
+            try:
+                self.folder.rmdir()
+            except OSError:
+                pass
+
+
+def holds_work(folder: Path) -> bool:
+    """Whether `folder` holds anything besides its lock file."""
+    return Path(folder).is_dir() and any(p.name != LOCK for p in Path(folder).iterdir())
 
 
 class RunLog:

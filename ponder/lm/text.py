@@ -69,6 +69,7 @@ import torch
 
 from ponder.config import parse_depth_range
 from ponder.errors import PonderInputError, read_json
+from ponder.run_folder import temporary_name
 from ponder.tasks.dataset import DATA_FILE, MANIFEST, sha256_file
 from ponder.tasks.dataset import FORMAT as PUZZLE_FORMAT
 from ponder.tasks.grids import seed_int
@@ -593,11 +594,19 @@ def _arrays(dataset: TextDataset) -> dict[str, np.ndarray]:
 def save_text(dataset: TextDataset, out_dir: Path) -> dict:
     """Write the folder; both files appear whole or not at all (temporary names, then
     renames, manifest last). Returns the manifest."""
-    from safetensors.numpy import save_file
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_tmp = out_dir / (DATA_FILE + ".tmp")
+    data_tmp, manifest_tmp = temporary_name(out_dir / DATA_FILE), temporary_name(out_dir / MANIFEST)
+    try:
+        return _write_folder(dataset, out_dir, data_tmp, manifest_tmp)
+    finally:  # a failed write leaves no temporary file behind
+        data_tmp.unlink(missing_ok=True)
+        manifest_tmp.unlink(missing_ok=True)
+
+
+def _write_folder(dataset, out_dir: Path, data_tmp: Path, manifest_tmp: Path) -> dict:
+    from safetensors.numpy import save_file
+
     save_file(_arrays(dataset), str(data_tmp))  # no metadata: the bytes depend only on the arrays
     os.chmod(data_tmp, 0o644)
     manifest = {
@@ -614,7 +623,6 @@ def save_text(dataset: TextDataset, out_dir: Path) -> dict:
         "bytes": data_tmp.stat().st_size,
         "sha256": sha256_file(data_tmp),
     }
-    manifest_tmp = out_dir / (MANIFEST + ".tmp")
     manifest_tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(data_tmp, out_dir / DATA_FILE)
     os.replace(manifest_tmp, out_dir / MANIFEST)

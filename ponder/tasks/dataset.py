@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ponder.errors import PonderInputError, read_json
+from ponder.run_folder import temporary_name
 
 DATA_FILE = "data.safetensors"
 MANIFEST = "manifest.json"
@@ -92,15 +93,22 @@ def sha256_file(path: Path) -> str:
 def save_dataset(dataset: Dataset, out_dir: Path) -> dict[str, Any]:
     """Write the folder; both files appear whole or not at all (temporary names,
     then renames, manifest last). Returns the manifest."""
-    from safetensors.numpy import save_file
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_tmp = out_dir / (DATA_FILE + ".tmp")
+    data_tmp, manifest_tmp = temporary_name(out_dir / DATA_FILE), temporary_name(out_dir / MANIFEST)
+    try:
+        return _write_folder(dataset, out_dir, data_tmp, manifest_tmp)
+    finally:  # a failed write leaves no temporary file behind
+        data_tmp.unlink(missing_ok=True)
+        manifest_tmp.unlink(missing_ok=True)
+
+
+def _write_folder(dataset, out_dir: Path, data_tmp: Path, manifest_tmp: Path) -> dict:
+    from safetensors.numpy import save_file
+
     save_file(dataset.arrays(), str(data_tmp))  # no metadata: the bytes depend only on the arrays
     os.chmod(data_tmp, 0o644)  # safetensors creates it private; a dataset is meant to be shared
     manifest = dataset.manifest(sha256_file(data_tmp), data_tmp.stat().st_size)
-    manifest_tmp = out_dir / (MANIFEST + ".tmp")
     manifest_tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(data_tmp, out_dir / DATA_FILE)
     os.replace(manifest_tmp, out_dir / MANIFEST)

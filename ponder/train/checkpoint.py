@@ -4,7 +4,7 @@ Why shards: runs happen on machines lent for minutes that can carry back only a 
 files of bounded size, so no checkpoint file may exceed `shard_bytes` (16 MiB by
 default), safetensors header included.
 
-Format (`ponder-checkpoint-2`). Tensors: `model.*` (weights), `ema.*` (EMA weights),
+Format (`ponder-checkpoint-3`). Tensors: `model.*` (weights), `ema.*` (EMA weights),
 `optim.<param index>.<key>` (optimizer state), `rng.torch` (CPU RNG) and
 `rng.cuda.<i>` (RNG of CUDA device i, saved when CUDA is initialised). Everything else
 (step, data position, config, optimizer hyper-parameters, EMA update count, versions,
@@ -16,10 +16,18 @@ never share a name), listed in the metadata as `shards: [{file, bytes, sha256}]`
 Tensors are packed in order; one that crosses a shard boundary is cut there into flat
 pieces `<name>#0`, `<name>#1`, ... recorded as `split: {name: {shape, parts}}` and put
 back together on reading, so every file stays under the limit whatever the tensor sizes.
-Format 1 (one file, no shard list) is still read.
+Format 1 (one file, no shard list) and 2 (no content hash) are still read.
+
+Verification: the metadata's `content_sha256` is a SHA-256 over the metadata itself (all
+but the hash, the shard list and the split table, as canonical JSON) and over every
+tensor (name, dtype, shape and bytes, in name order, split tensors whole), so a flipped
+byte anywhere in the state, a deleted tensor or an edited metadata value is a one-line
+error on reading, never a silently different model. Reading also checks that the groups
+a resume needs are there (`model.*`, `rng.torch`, `ema.*` when the config keeps an EMA,
+`optim.*` after the first step), also for older formats, which carry no hash.
 
 Atomicity: extra shards are written under fresh names and fsynced, then the main file
-is written to `checkpoint.safetensors.tmp`, fsynced and renamed over the old one
+is written to `checkpoint.safetensors.<token>.tmp`, fsynced and renamed over the old one
 (`os.replace`, then the folder is fsynced). Until that rename the old main file and the
 shards it lists are untouched, and after it the new main file lists only shards that are
 already on disk; so a kill at any moment leaves one complete checkpoint. Shards that no
@@ -53,8 +61,8 @@ from safetensors.torch import load_file, save
 
 from ponder.errors import PonderInputError
 
-FORMAT = "ponder-checkpoint-2"
-READABLE = ("ponder-checkpoint-1", FORMAT)
+FORMAT = "ponder-checkpoint-3"
+READABLE = ("ponder-checkpoint-1", "ponder-checkpoint-2", FORMAT)
 SHARD_BYTES = 16 * 2**20
 MIN_PIECE = 4096  # a tensor is not cut into a piece smaller than this; the shard is closed instead
 _SUFFIX = ".safetensors"
@@ -88,6 +96,7 @@ def save_checkpoint(
         ema_updates=ema.updates if ema else 0,
         moments_dtype=str(moments_dtype).removeprefix("torch.") if moments_dtype is not None else None,
     )
+    meta["content_sha256"] = content_hash(tensors, json.loads(json.dumps(meta)))
     stem = path.name.removesuffix(_SUFFIX)
     token = secrets.token_hex(4)
 
@@ -101,7 +110,7 @@ def save_checkpoint(
     shards, split = _plan(list(tensors.items()), shard_bytes, meta_for)
 
     folder = path.parent
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{token}.tmp")
     written: list[Path] = []
     replaced = False
     try:
@@ -148,7 +157,41 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
             tensors[name] = torch.cat([tensors.pop(p) for p in parts]).reshape(info["shape"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise PonderInputError(f"{path}: corrupt checkpoint (split tensor '{name}': {_first_line(e)})") from None
+    if "content_sha256" in meta or meta.get("format") == FORMAT:
+        got = content_hash(tensors, meta)
+        if got != meta.get("content_sha256"):
+            raise PonderInputError(f"{path}: checkpoint altered or corrupt (content SHA-256 {got[:16]}... differs from the one it was saved with)")
+    check_groups(tensors, meta, path)
     return tensors, meta
+
+
+def content_hash(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """SHA-256 over the metadata (without this hash, the shard list and the split table:
+    they describe the files, which their own sizes and hashes check) and every tensor's
+    name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    described = {k: v for k, v in meta.items() if k not in ("content_sha256", "shards", "split")}
+    digest.update(json.dumps(described, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_groups(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> None:
+    """The tensor groups a resume needs: weights and the CPU RNG always, the EMA when the
+    config keeps one, the optimizer state once a step has been taken."""
+    train = ((meta.get("config") or {}).get("train") or {}) if isinstance(meta.get("config"), dict) else {}
+    need = {"model.": "weights", "rng.torch": "the random-number state"}
+    if float(train.get("ema", 0) or 0) > 0:
+        need["ema."] = "EMA weights (the config keeps an EMA)"
+    if int(meta.get("step", 0) or 0) > 0:
+        need["optim."] = "optimizer state"
+    for prefix, what in need.items():
+        if not any(k == prefix or k.startswith(prefix) for k in tensors):
+            raise PonderInputError(f"{path}: incomplete checkpoint (no '{prefix}' tensors: {what})")
 
 
 def checkpoint_files(path: Path) -> list[Path]:
@@ -166,8 +209,14 @@ def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
 
 
 def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: Path) -> None:
+    """The `prefix` group of a checkpoint's tensors into `module`: every key it expects,
+    none other, all finite."""
+    weights = _prefixed(tensors, prefix)
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise PonderInputError(f"{path}: non-finite values in '{prefix}{bad}'; the run diverged before this checkpoint")
     try:
-        module.load_state_dict(_prefixed(tensors, prefix), strict=True)
+        module.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0][:160]
         raise PonderInputError(f"{path}: checkpoint weights do not match the model in its config ({first})") from None
@@ -339,7 +388,7 @@ def _remove_stale(path: Path, keep: set[str]) -> None:
     """Delete this checkpoint's shards of earlier or killed saves and a leftover temp file."""
     pattern = re.compile(re.escape(path.name.removesuffix(_SUFFIX)) + r"\.\d+-[0-9a-f]{8}-\d+" + re.escape(_SUFFIX))
     for f in path.parent.iterdir():
-        if (pattern.fullmatch(f.name) and f.name not in keep) or f.name == path.name + ".tmp":
+        if (pattern.fullmatch(f.name) and f.name not in keep) or (f.name.startswith(path.name + ".") and f.name.endswith(".tmp")):
             try:
                 f.unlink()
             except OSError:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -52,10 +53,12 @@ from ponder.eval.evaluate import run_segments, score_segments
 from ponder.models import build_model, count_params
 from ponder.models.driver import autocast_context, think
 from ponder.models.flops import peak_flops, segment_flops
-from ponder.run_folder import CHECKPOINT, CONFIG, METRICS, RESULTS, RunLog, environment, write_atomic
+from ponder.run_folder import (
+    CHECKPOINT, CONFIG, METRICS, RESULTS, FolderLock, RunLog, environment, holds_work, remove_temporaries, write_atomic,
+)
 from ponder.tasks import Split, load_task, scorer
 from ponder.train.carry import Carry
-from ponder.train.checkpoint import read_checkpoint, restore, save_checkpoint
+from ponder.train.checkpoint import checkpoint_files, read_checkpoint, restore, save_checkpoint
 from ponder.train.distributed import Dist
 from ponder.train.ema import EMA
 from ponder.train.losses import answer_correct, segment_token_loss
@@ -70,7 +73,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = True, quiet: bool = False) -> dict[str, Any]:
     """Train (or resume) a run in `out_dir`. Returns the final test evaluation, or, when
     the run stopped early for time or a signal, `{"stopped": reason, "step": ...}`."""
-    with process_settings(cfg.train.threads):
+    with process_settings(cfg.train.threads), writer_lock(Path(out_dir)):
         trainer_class = Trainer
         from ponder.lm.models import LM_FAMILIES
 
@@ -81,6 +84,47 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
             return trainer.run()
         finally:
             trainer.close()
+
+
+# What a resumed run may change: how long and where it runs, not what it computes.
+RESUMABLE_KEYS = (
+    "train.steps", "train.max_minutes", "train.budget_minutes", "train.eval_every", "train.checkpoint_every", "train.checkpoint_minutes",
+    "train.log_every", "train.threads", "train.device", "train.compile", "train.peak_tflops",
+)
+
+
+def check_resumed_config(cfg: RunConfig, meta: dict[str, Any], path: Path) -> None:
+    """A resumed run computes what the checkpointed one did: its config (config.json
+    and the overrides) may differ from the one stored in the checkpoint only in
+    `RESUMABLE_KEYS`; otherwise a one-line error names the first key that differs."""
+    saved = meta.get("config")
+    if not isinstance(saved, dict):
+        raise PonderInputError(f"{path}: corrupt checkpoint (no config in its metadata)")
+    now = cfg.to_dict()
+    for section, values in now.items():
+        if not isinstance(values, dict) or not isinstance(saved.get(section), dict):
+            continue
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if name in RESUMABLE_KEYS or key not in saved[section]:
+                continue
+            if json.dumps(value) != json.dumps(saved[section][key]):
+                raise PonderInputError(
+                    f"{path.parent / CONFIG}: '{name}' is {json.dumps(value)} but the checkpoint was trained with "
+                    f"{json.dumps(saved[section][key])}; a resumed run keeps its config (only {', '.join(RESUMABLE_KEYS)} may change)"
+                )
+
+
+@contextlib.contextmanager
+def writer_lock(out_dir: Path):
+    """The run folder's `FolderLock`, held by rank 0 (the one writer) for the whole run;
+    leftover temporary files of killed writers are cleared once it is held."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    with FolderLock(out_dir):
+        remove_temporaries(out_dir)
+        yield
 
 
 @contextlib.contextmanager
@@ -175,10 +219,17 @@ class TrainerBase:
         # Checks that need no other rank and write nothing come first, so every rank of a
         # launch fails the same way.
         loaded = None
-        if resume:
+        self.restarted = False  # resumed a run that was stopped before its first checkpoint: from step 0
+        if resume and not checkpoint_files(self.ckpt_path):
+            self.restarted = True
+            if not quiet:
+                print(f"{out_dir}: no checkpoint yet (the run stopped before its first); starting again from step 0 with its config")
+        elif resume:
             loaded = read_checkpoint(self.ckpt_path)  # fail on a missing or corrupt checkpoint before any work
-        elif out_dir.exists() and any(out_dir.iterdir()):
+            check_resumed_config(cfg, loaded[1], self.ckpt_path)
+        elif holds_work(out_dir):
             raise PonderInputError(f"{out_dir}: folder exists and is not empty; use --resume {out_dir} or another --out")
+        self.resuming = loaded is not None
         self.resumed_meta = None if loaded is None else loaded[1]  # the checkpoint's metadata, for the subclass's setup
         self.dist = Dist.from_environment(tc.device)
         self.device = self.dist.device
@@ -314,7 +365,7 @@ class TrainerBase:
         log = None
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            log = RunLog(self.out_dir / METRICS, resume_step=self.start if self.resuming else None)
+            log = RunLog(self.out_dir / METRICS, resume_step=self.start if self.resuming else (-1 if self.restarted else None))
             write_atomic(self.out_dir / CONFIG, cfg.to_json() + "\n")  # on resume: records any extended train.steps
             log.write({
                 "event": "resume" if self.resuming else "start", "step": self.start, "env": env, "params": count_params(self.model),
@@ -363,7 +414,8 @@ class TrainerBase:
     def write_train(self, step: int, lr: float) -> dict[str, Any]:
         m = self.meter.read(self.dist)
         if not math.isfinite(m["loss"]) or not math.isfinite(m["halt_loss"]):
-            raise RuntimeError(f"step {step}: non-finite training loss {m['loss']}; lower train.lr or try train.loss=stablemax")
+            raise PonderInputError(f"training diverged at step {step}: non-finite training loss {m['loss']}; lower train.lr or try "
+                                   f"train.loss=stablemax (the last checkpoint is kept)")
         rate = m["units"] / max(m["seconds"], 1e-9)
         speed = {f"{self.unit}_per_s": round(rate, 2)}
         if self.unit == "example_segments":
@@ -408,6 +460,10 @@ class TrainerBase:
     def save(self, step: int) -> None:
         """Checkpoint (rank 0 writes; every rank takes part in gathering `extra_state`)."""
         tc = self.tc
+        bad = next((name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:  # never checkpoint a diverged model: the last good checkpoint stays
+            raise PonderInputError(f"training diverged at step {step}: non-finite weights in '{bad}'; lower train.lr "
+                                   f"(the last checkpoint, if any, is kept)")
         extra = self.extra_state()
         if self.main:
             meta = {

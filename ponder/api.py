@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from ponder.registry import check_names
 from ponder.run_folder import CHECKPOINT, FolderLock, holds_work, load_config
 from ponder.train.checkpoint import load_weights, read_checkpoint
 from ponder.train.distributed import launched, pick_device
-from ponder.train.loop import RESUMABLE_KEYS, process_settings
+from ponder.train.loop import RESUMABLE_KEYS, check_config_matches, process_settings
 from ponder.train.loop import train as train_loop
 
 
@@ -87,9 +88,9 @@ def evaluate(
     cfg, model, device = load_trained(run)
     if split not in ("test", "val"):
         raise PonderInputError(f"--split: expected test or val, got {split!r}")
-    if exit_tol is not None and exit_tol <= 0:
+    if exit_tol is not None and not exit_tol > 0:
         raise PonderInputError(f"--exit-tol: expected a tolerance > 0, got {exit_tol}")
-    if breadth < 1 or init_noise < 0 or langevin < 0:
+    if breadth < 1 or not (0 <= init_noise < math.inf and 0 <= langevin < math.inf):
         raise PonderInputError(f"--breadth >= 1, --init-noise >= 0 and --langevin >= 0 expected, got {breadth}, {init_noise}, {langevin}")
     options: dict[str, Any] = {}  # per-call model options
     if solver_iters is not None:
@@ -200,13 +201,13 @@ def sample(
     from ponder.lm.decoding import CACHE_KINDS, METHODS
 
     cfg, model, tokenizer, device = load_language_run(run)
-    if max_new < 1 or temperature < 0 or top_k < 0 or recurrence < 0:
+    if max_new < 1 or not 0 <= temperature < math.inf or top_k < 0 or recurrence < 0:
         raise PonderInputError(f"--max-new >= 1, --temperature >= 0, --top-k >= 0 and --recurrence >= 0 expected, got {max_new}, {temperature}, {top_k}, {recurrence}")
     if decoder not in METHODS or cache not in (*CACHE_KINDS, "auto"):
         raise PonderInputError(f"--decoder: one of {', '.join(METHODS)} and --cache: one of {', '.join(CACHE_KINDS)}, auto expected, got {decoder!r}, {cache!r}")
     if cache == "auto":
         cache = "shared" if decoder == "diffusion" else "per-iteration"
-    if window < 1 or not exit_kl >= 0 or not exit_latent >= 0:
+    if window < 1 or not 0 <= exit_kl < math.inf or not 0 <= exit_latent < math.inf:
         raise PonderInputError(f"--window >= 1, --exit-kl >= 0 and --exit-latent >= 0 expected, got {window}, {exit_kl}, {exit_latent}")
     if decoder == "diffusion" and cache != "shared":
         raise PonderInputError("--decoder diffusion: the diffusion-forcing sampler reads the shared cache, not --cache per-iteration")
@@ -271,15 +272,21 @@ def probe(run: str, prompt: str, recurrence: int = 0, out: str | None = None) ->
 def solve(run: str, puzzle: str, segments: int | None = None, exit_tol: float = 0.0) -> dict[str, Any]:
     """Solve one Sudoku (81 characters, '.' or '0' for a blank) with a trained run.
 
+    A puzzle whose givens admit no solution is an error; one with several solutions is
+    solved, said so (`unique: false`), and any of them counts as valid.
+
     Args:
         run: the run folder
         puzzle: 81 characters, row by row
         segments: most segments to think for (default: the run's train.eval_segments)
         exit_tol: also stop once the relative state change over a segment is below this (0: off)
     """
-    if exit_tol < 0:
-        raise PonderInputError(f"--exit-tol: expected >= 0, got {exit_tol}")
+    if not 0 <= exit_tol < math.inf:
+        raise PonderInputError(f"--exit-tol: expected a finite value >= 0, got {exit_tol}")
     grid = sudoku.parse_puzzle(puzzle, where="puzzle")
+    count, _ = sudoku.solve(grid, limit=2)
+    if count == 0:
+        raise PonderInputError("puzzle: its givens admit no solution (checked by the exact solver); expected a solvable Sudoku")
     cfg, model, device = load_trained(run)
     if (model.vocab, model.seq_len) != (sudoku.VOCAB, sudoku.SIZE):
         raise PonderInputError(f"{run}: not a Sudoku model (task '{cfg.task.name}'); 'ponder solve' takes Sudoku runs")
@@ -294,6 +301,7 @@ def solve(run: str, puzzle: str, segments: int | None = None, exit_tol: float = 
         "puzzle": sudoku.format_grid(grid),
         "solution": sudoku.format_grid(answer),
         "valid": valid,
+        "unique": count == 1,  # a puzzle with several solutions accepts any of them
         "segments": segments_used,
         "network_calls": segments_used * model.calls_per_segment,
         "halted": segments_used < n_segments,
@@ -436,7 +444,7 @@ def data_show(data: str, split: str = "train", n: int = 3) -> dict[str, Any]:
         problems = text.problems.get(split) or []
         examples = [f"{p.prompt}{p.answer}   (depth {p.depth})" for p in problems[:n]] or [text.tokenizer.decode(tokens[: 200 * n])]
         return {"data": str(data), "name": text.name, "split": split, "count": int(tokens.size), "counts": {k: int(v.size) for k, v in text.splits.items()}, "examples": examples}
-    dataset = load_dataset(Path(data), verify=False)
+    dataset = load_dataset(Path(data))
     if split not in dataset.splits:
         raise PonderInputError(f"{data}: no '{split}' split; it has {', '.join(dataset.splits)}")
     part = dataset.splits[split]
@@ -479,6 +487,7 @@ def load_language_run(run: str | Path):
     run_dir = Path(run)
     cfg = load_config(run_dir)
     tensors, meta = read_checkpoint(run_dir / CHECKPOINT)
+    check_config_matches(cfg, meta, run_dir / CHECKPOINT)
     shape = meta.get("task_shape", {})
     if "tokenizer" not in shape:
         raise PonderInputError(f"{run_dir / CHECKPOINT}: not a language-model checkpoint (no tokenizer in its metadata)")
@@ -512,6 +521,7 @@ def load_trained(run: str | Path):
     run_dir = Path(run)
     cfg = load_config(run_dir)
     tensors, meta = read_checkpoint(run_dir / CHECKPOINT)
+    check_config_matches(cfg, meta, run_dir / CHECKPOINT)
     device = pick_device(cfg.train.device)
     model = model_for_task(cfg, num_puzzles=int(meta.get("task_shape", {}).get("num_puzzles", 0)))
     prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."

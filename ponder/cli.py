@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
 import sys
 import typing
@@ -61,6 +62,25 @@ def _base_type(annotation: Any) -> Any:
     return args[0] if args else annotation
 
 
+def finite_float(text: str) -> float:
+    """A command-line number: NaN and infinities are refused by argparse (exit 2)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def bounded_int(text: str) -> int:
+    """A command-line integer that fits in int64."""
+    value = int(text)
+    if abs(value) > 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"expected an integer of at most 2**63 - 1, got {text!r}")
+    return value
+
+
+ARG_TYPES = {float: finite_float, int: bounded_int}
+
+
 def add_verb(sub: argparse._SubParsersAction, name: str, fn: Callable, full_name: str = "") -> None:
     summary = (fn.__doc__ or "").strip().splitlines()[0]
     parser = sub.add_parser(name, help=summary, description=summary)
@@ -70,6 +90,7 @@ def add_verb(sub: argparse._SubParsersAction, name: str, fn: Callable, full_name
         if pname in HIDDEN_PARAMS:
             continue
         typ = _base_type(hints.get(pname, str))
+        typ = ARG_TYPES.get(typ, typ)
         text = helps.get(pname)
         if typing.get_origin(typ) is list:
             parser.add_argument(pname, nargs="*", default=[], metavar="KEY=VALUE", help=text)
@@ -217,6 +238,8 @@ def show_solve(result: dict[str, Any]) -> None:
     verdict = "a valid solution" if result["valid"] else "NOT a valid solution"
     how = "halted" if result["halted"] else "stopped at the segment limit"
     print(f"{verdict}; {how} after {result['segments']} segment(s) = {result['network_calls']} network calls")
+    if not result.get("unique", True):
+        print("note: this puzzle has several solutions (a proper Sudoku has one); any of them counts as valid")
 
 
 def show_presets(rows: list[dict[str, Any]]) -> None:

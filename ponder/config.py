@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -164,21 +165,40 @@ _CHOICES = {
 }
 
 
+INT_LIMIT = 2**63 - 1  # integer settings end up in int64 tensors and generators
+
+
 def _coerce(value: Any, typ: type, key: str) -> Any:
-    """Convert a YAML/CLI value to the declared field type or say what was expected."""
+    """Convert a YAML/CLI value to the declared field type or say what was expected:
+    integers within int64, floats finite."""
+    number = _number(value, typ)
+    if number is not None:
+        if typ is int and abs(number) > INT_LIMIT:
+            raise PonderInputError(f"config key '{key}': expected an integer of at most {INT_LIMIT}, got {value!r}")
+        if typ is float and not math.isfinite(number):
+            raise PonderInputError(f"config key '{key}': expected a finite number, got {value!r}")
+        return number
     if typ is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-    elif typ is int:
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise PonderInputError(f"config key '{key}': expected {typ.__name__}, got {value!r}")
+
+
+def _number(value: Any, typ: type) -> int | float | None:
+    """`value` as an int or float setting, or None if it is not one."""
+    if typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, str):
             try:
                 return int(value)
             except ValueError:
-                pass
+                return None
     elif typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -186,11 +206,8 @@ def _coerce(value: Any, typ: type, key: str) -> Any:
             try:
                 return float(value)
             except ValueError:
-                pass
-    elif typ is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise PonderInputError(f"config key '{key}': expected {typ.__name__}, got {value!r}")
+                return None
+    return None
 
 
 def _section_types(section: Any) -> dict[str, type]:
@@ -289,6 +306,16 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("train.peak_tflops", cfg.train.peak_tflops >= 0, ">= 0"),
         ("train.threads", cfg.train.threads >= 0, ">= 0"),
         ("train.halt_explore_prob", 0 <= cfg.train.halt_explore_prob <= 1, "in [0, 1]"),
+        ("model.expansion", cfg.model.expansion > 0, "> 0"),
+        ("task.seed", cfg.task.seed >= 0, ">= 0"),
+        ("train.seed", cfg.train.seed >= 0, ">= 0"),
+        ("train.lr_warmup", cfg.train.lr_warmup >= 0, ">= 0"),
+        ("train.lr_min_ratio", 0 <= cfg.train.lr_min_ratio <= 1, "in [0, 1]"),
+        ("train.weight_decay", cfg.train.weight_decay >= 0, ">= 0"),
+        ("train.puzzle_weight_decay", cfg.train.puzzle_weight_decay >= 0, ">= 0"),
+        ("train.beta1", 0 <= cfg.train.beta1 < 1, "in [0, 1)"),
+        ("train.beta2", 0 <= cfg.train.beta2 < 1, "in [0, 1)"),
+        ("train.halt_loss_weight", cfg.train.halt_loss_weight >= 0, ">= 0"),
     ]
     for key, ok, expected in checks:
         if not ok:

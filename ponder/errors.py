@@ -30,3 +30,27 @@ def read_json(path: Path, hint: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise PonderInputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); {hint}") from None
+
+
+def require_fields(record: Any, fields: dict[str, type | tuple[type, ...]], where: Path | str, hint: str) -> dict[str, Any]:
+    """`record` as a dict holding each of `fields` with its type (an int field is not a
+    bool; a dict field's keys are strings), else a one-line `PonderInputError` naming
+    the file and the first bad field, then `hint`."""
+    if not isinstance(record, dict):
+        raise PonderInputError(f"{where}: expected a JSON object, got {type(record).__name__}; {hint}")
+    for name, kind in fields.items():
+        value = record.get(name)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if not ok:
+            expected = " or ".join(k.__name__ for k in kinds)
+            got = "missing" if name not in record else f"{type(value).__name__} {json.dumps(value)[:40]}"
+            raise PonderInputError(f"{where}: field '{name}' is {got}; expected {expected}; {hint}")
+    return record
+
+
+def plain_file_name(name: str, where: Path | str, field: str) -> str:
+    """`name` if it names a file in the same folder (no separators, no leading dot)."""
+    if not name or Path(name).name != name or name.startswith("."):
+        raise PonderInputError(f"{where}: field '{field}' is {name!r}; expected a file name in the same folder")
+    return name

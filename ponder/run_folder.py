@@ -146,14 +146,18 @@ class RunLog:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every complete line of a JSONL file; a last line cut off by a crash is skipped."""
+    """Every complete record (a JSON object per line) of a JSONL log; a line that is not
+    one (a last line cut off by a crash, bytes damaged on disk) is skipped: a log
+    records a run, it does not steer it."""
     records = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_bytes().decode("utf-8", errors="replace").splitlines():
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(record, dict):
+                records.append(record)
     return records
 
 
@@ -163,8 +167,13 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def read_results(run_dir: Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / RESULTS
-    return json.loads(path.read_text()) if path.exists() else None
+    """The final test results, or None if there are none (or they cannot be read: the
+    plots that show them go without)."""
+    try:
+        results = json.loads((Path(run_dir) / RESULTS).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) else None
 
 
 def load_config(run_dir: Path) -> RunConfig:

@@ -126,7 +126,7 @@ def bad_cases(tiny_run, tmp_path):
         (["bench", "solvers", "--dtype", "int8"], "--dtype: expected float32 or float64"),
         (["eval", tiny_run, "--exit-tol", 0], "--exit-tol: expected a tolerance > 0"),
         (["eval", tiny_run, "--breadth", 0], "--breadth >= 1"),
-        (["solve", tiny_run, "." * 81, "--exit-tol", -1], "--exit-tol: expected >= 0"),
+        (["solve", tiny_run, "." * 81, "--exit-tol", -1], "--exit-tol: expected a finite value >= 0"),
         (["eval", tmp_path / "missing"], "no such run folder"),
         (["eval", no_config], "not a run folder"),
         (["eval", corrupt_copy(tiny_run, tmp_path)], "corrupt checkpoint"),

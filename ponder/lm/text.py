@@ -68,7 +68,7 @@ import numpy as np
 import torch
 
 from ponder.config import parse_depth_range
-from ponder.errors import PonderInputError, read_json
+from ponder.errors import PonderInputError, plain_file_name, read_json, require_fields
 from ponder.run_folder import temporary_name
 from ponder.tasks.dataset import DATA_FILE, MANIFEST, sha256_file
 from ponder.tasks.dataset import FORMAT as PUZZLE_FORMAT
@@ -641,6 +641,12 @@ def _read_text_manifest(folder: Path) -> dict:
         raise PonderInputError(f"{path}: a puzzle dataset (format '{PUZZLE_FORMAT}'), not a text dataset (format '{FORMAT}')")
     if form != FORMAT:
         raise PonderInputError(f"{path}: not a ponder text dataset manifest (expected format '{FORMAT}')")
+    hint = "rebuild the folder with 'ponder data build'"
+    require_fields(manifest, {"tokenizer": dict, "tokens": dict, "problems": dict, "sha256": str, "data_file": str}, path, hint)
+    plain_file_name(manifest["data_file"], path, "data_file")
+    for field in ("tokens", "problems"):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in manifest[field].values()):
+            raise PonderInputError(f"{path}: field '{field}' must map split names to counts >= 0; {hint}")
     return manifest
 
 
@@ -653,7 +659,7 @@ def load_text(folder: Path) -> TextDataset:
     folder = Path(folder)
     manifest = _read_text_manifest(folder)
     where = folder / MANIFEST
-    path = folder / str(manifest.get("data_file", DATA_FILE))
+    path = folder / manifest["data_file"]
     if not path.is_file():
         raise PonderInputError(f"{path}: missing data file named in {where}")
     if sha256_file(path) != manifest.get("sha256"):
@@ -680,8 +686,10 @@ def load_text(folder: Path) -> TextDataset:
     except (KeyError, AttributeError, TypeError) as e:
         raise PonderInputError(f"{where}: manifest and data file disagree (missing {e})") from None
     for split, tokens in splits.items():
-        if len(tokens) != manifest["tokens"][split]:
-            raise PonderInputError(f"{path}: split '{split}' holds {len(tokens)} tokens, the manifest says {manifest['tokens'][split]}")
+        if tokens.ndim != 1 or len(tokens) != manifest["tokens"][split]:
+            raise PonderInputError(f"{path}: split '{split}' holds {tokens.size} tokens, the manifest says {manifest['tokens'][split]}")
+        if tokens.size and int(tokens.max()) >= tokenizer.vocab_size:
+            raise PonderInputError(f"{path}: split '{split}' holds tokens outside the tokenizer's vocabulary of {tokenizer.vocab_size}")
     return TextDataset(
         name=manifest.get("name", ""), tokenizer=tokenizer, splits=splits, problems=problems,
         spec=manifest.get("spec", {}), info=manifest.get("info", {}),

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from ponder.errors import PonderInputError, read_json
+from ponder.errors import PonderInputError, plain_file_name, read_json, require_fields
 from ponder.run_folder import temporary_name
+from ponder.tasks.grids import IGNORE
 
 DATA_FILE = "data.safetensors"
 MANIFEST = "manifest.json"
@@ -120,10 +121,28 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
     path = data_dir / MANIFEST
     if not path.is_file():
         raise PonderInputError(f"{data_dir}: not a dataset folder (no {MANIFEST}); build one with 'ponder data build NAME --out DIR'")
-    manifest = read_json(path, "a corrupt manifest: rebuild the folder with 'ponder data build'")
+    hint = "rebuild the folder with 'ponder data build'"
+    manifest = read_json(path, f"a corrupt manifest: {hint}")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PonderInputError(f"{path}: not a ponder dataset manifest (expected format '{FORMAT}')")
+    require_fields(manifest, {"name": str, "vocab": int, "seq_len": int, "counts": dict, "sha256": str, "data_file": str}, path, hint)
+    plain_file_name(manifest["data_file"], path, "data_file")
+    if manifest["vocab"] < 1 or manifest["seq_len"] < 1 or not all(isinstance(v, int) and v >= 0 for v in manifest["counts"].values()):
+        raise PonderInputError(f"{path}: 'vocab' and 'seq_len' must be >= 1 and 'counts' hold integers >= 0; {hint}")
     return manifest
+
+
+def check_split(path: Path, name: str, inputs: np.ndarray, labels: np.ndarray, manifest: dict[str, Any]) -> None:
+    """A split's arrays agree with the manifest: count, sequence length, tokens inside the
+    vocabulary (labels may also be IGNORE)."""
+    n, seq_len, vocab = manifest["counts"][name], manifest["seq_len"], manifest["vocab"]
+    if inputs.ndim != 2 or inputs.shape != labels.shape or inputs.shape != (n, seq_len):
+        raise PonderInputError(f"{path}: split '{name}' has shape {tuple(inputs.shape)}; the manifest says ({n}, {seq_len})")
+    if inputs.size and (inputs.min() < 0 or inputs.max() >= vocab):
+        raise PonderInputError(f"{path}: split '{name}' holds tokens outside the manifest's vocabulary of {vocab}")
+    scored = labels[labels != IGNORE]
+    if scored.size and (scored.min() < 0 or scored.max() >= vocab):
+        raise PonderInputError(f"{path}: split '{name}' has labels outside the manifest's vocabulary of {vocab}")
 
 
 def load_dataset(data_dir: Path, verify: bool = True) -> Dataset:
@@ -134,7 +153,7 @@ def load_dataset(data_dir: Path, verify: bool = True) -> Dataset:
 
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
-    path = data_dir / manifest.get("data_file", DATA_FILE)
+    path = data_dir / manifest["data_file"]
     if not path.is_file():
         raise PonderInputError(f"{path}: missing data file named in {data_dir / MANIFEST}")
     if verify and sha256_file(path) != manifest.get("sha256"):
@@ -149,6 +168,7 @@ def load_dataset(data_dir: Path, verify: bool = True) -> Dataset:
             inputs, labels = arrays[f"{split_name}.inputs"], arrays[f"{split_name}.labels"]
         except KeyError:
             raise PonderInputError(f"{path}: split '{split_name}' named in the manifest has no inputs/labels") from None
+        check_split(path, split_name, inputs, labels, manifest)
         prefix = f"{split_name}."
         extra = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix) and k not in (prefix + "inputs", prefix + "labels")}
         splits[split_name] = ArraySplit(inputs, labels, extra)

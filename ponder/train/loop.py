@@ -93,10 +93,11 @@ RESUMABLE_KEYS = (
 )
 
 
-def check_resumed_config(cfg: RunConfig, meta: dict[str, Any], path: Path) -> None:
-    """A resumed run computes what the checkpointed one did: its config (config.json
-    and the overrides) may differ from the one stored in the checkpoint only in
-    `RESUMABLE_KEYS`; otherwise a one-line error names the first key that differs."""
+def check_config_matches(cfg: RunConfig, meta: dict[str, Any], path: Path) -> None:
+    """A run folder's config.json (with a resume's overrides) and the config stored in
+    its checkpoint may differ only in `RESUMABLE_KEYS`, so that a resumed run computes
+    what the checkpointed one did and an evaluation runs the model as it was trained;
+    otherwise a one-line error names the first key that differs."""
     saved = meta.get("config")
     if not isinstance(saved, dict):
         raise PonderInputError(f"{path}: corrupt checkpoint (no config in its metadata)")
@@ -111,7 +112,7 @@ def check_resumed_config(cfg: RunConfig, meta: dict[str, Any], path: Path) -> No
             if json.dumps(value) != json.dumps(saved[section][key]):
                 raise PonderInputError(
                     f"{path.parent / CONFIG}: '{name}' is {json.dumps(value)} but the checkpoint was trained with "
-                    f"{json.dumps(saved[section][key])}; a resumed run keeps its config (only {', '.join(RESUMABLE_KEYS)} may change)"
+                    f"{json.dumps(saved[section][key])}; a run keeps its config (only {', '.join(RESUMABLE_KEYS)} may change)"
                 )
 
 
@@ -226,7 +227,7 @@ class TrainerBase:
                 print(f"{out_dir}: no checkpoint yet (the run stopped before its first); starting again from step 0 with its config")
         elif resume:
             loaded = read_checkpoint(self.ckpt_path)  # fail on a missing or corrupt checkpoint before any work
-            check_resumed_config(cfg, loaded[1], self.ckpt_path)
+            check_config_matches(cfg, loaded[1], self.ckpt_path)
         elif holds_work(out_dir):
             raise PonderInputError(f"{out_dir}: folder exists and is not empty; use --resume {out_dir} or another --out")
         self.resuming = loaded is not None

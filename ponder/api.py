@@ -85,6 +85,8 @@ def evaluate(
     """
     if is_language_run(run):
         return evaluate_language(run, recurrence)
+    if recurrence is not None:
+        raise PonderInputError(f"--recurrence: {run} is not a language-model run; puzzle runs take --segments")
     cfg, model, device = load_trained(run)
     if split not in ("test", "val"):
         raise PonderInputError(f"--split: expected test or val, got {split!r}")
@@ -265,7 +267,10 @@ def probe(run: str, prompt: str, recurrence: int = 0, out: str | None = None) ->
         raise PonderInputError("probe: the prompt is empty")
     result = run_probe(model, tokenizer, at_line_start(cfg.task.name, prompt), recurrence or getattr(model, "mean_r", 1))
     if out:
-        plot_probe(result, Path(out))
+        try:
+            plot_probe(result, Path(out))
+        except OSError as e:
+            raise PonderInputError(f"--out: cannot write {out} ({e.strerror or e})") from None
     return {**result.to_dict(), **({"plot": out} if out else {})}
 
 
@@ -407,7 +412,11 @@ def data_build(name: str, overrides: list[str] | None = None, *, out: str, seed:
     from ponder.tasks.builders import build
     from ponder.tasks.dataset import save_dataset
 
+    if not out:
+        raise PonderInputError("--out: empty; expected the folder to write")
     out_dir = Path(out)
+    if holds_work(out_dir) or (out_dir.exists() and not out_dir.is_dir()):  # checked before the lock touches the folder
+        raise PonderInputError(f"{out_dir}: exists and is not an empty folder; choose another --out")
     values = {"task.name": name, "task.seed": seed, **{_task_key(k): v for k, v in parse_overrides(list(overrides or [])).items()}}
     cfg = apply_values(RunConfig(), values, "override")  # task defaults, not a preset's
     with FolderLock(out_dir, "dataset folder"):  # one builder per folder
@@ -434,6 +443,8 @@ def data_show(data: str, split: str = "train", n: int = 3) -> dict[str, Any]:
         split: which split
         n: how many examples
     """
+    if n < 0:
+        raise PonderInputError(f"-n: expected a count >= 0, got {n}")
     if is_text_folder(Path(data)):
         from ponder.lm.text import load_text
 
@@ -511,9 +522,10 @@ def is_text_folder(folder: Path) -> bool:
     from ponder.lm.text import FORMAT
 
     try:
-        return json.loads((folder / MANIFEST).read_text()).get("format") == FORMAT
+        manifest = json.loads((folder / MANIFEST).read_bytes())
     except (OSError, ValueError):
         return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
 def load_trained(run: str | Path):

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ponder.errors import PonderInputError
+from ponder.errors import PonderInputError, read_text
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "trm-sudoku-cpu"
@@ -373,7 +373,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise PonderInputError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path, "expected a YAML config"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -413,4 +413,6 @@ def build_config(preset: str | None = None, config_file: str | None = None, over
 
 
 def config_from_dict(data: dict[str, Any], source: str) -> RunConfig:
+    if not isinstance(data, dict):
+        raise PonderInputError(f"{source}: expected a mapping of config sections, got {type(data).__name__}")
     return apply_values(RunConfig(), data, source)

@@ -4,7 +4,8 @@ Anything caused by bad input (a malformed puzzle, a broken CSV row, an unknown c
 key, a missing or corrupt run folder) raises `PonderInputError` with a one-line message
 that names the file, line or key and what was expected. The CLI prints that line and
 exits with status 2; library users can catch it like any `ValueError`.
-`read_json` reads the JSON files a user hands over (manifests, configs) on those terms.
+`read_text` and `read_json` read the files a user hands over (puzzle files, YAML and
+JSON configs, manifests) on those terms.
 """
 
 import json
@@ -16,16 +17,26 @@ class PonderInputError(ValueError):
     """Bad user input: the message is one line naming where and what was expected."""
 
 
+def read_text(path: Path, hint: str) -> str:
+    """The UTF-8 text of a file a user hands over. A file that cannot be read or is not
+    UTF-8 raises `PonderInputError` naming the file (and the line of the first bad byte),
+    then `hint`: what the file should be."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise PonderInputError(f"{path}: cannot be read ({e.strerror or e}); {hint}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise PonderInputError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); {hint}") from None
+
+
 def read_json(path: Path, hint: str) -> Any:
     """The JSON value in `path`. A file that cannot be read, is not UTF-8 or is not valid
     JSON raises `PonderInputError` naming the file (and line and column), then `hint`:
     what the file should be, or how to make a good one."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise PonderInputError(f"{path}: not UTF-8 text; {hint}") from None
-    except OSError as e:
-        raise PonderInputError(f"{path}: cannot be read ({e.strerror or e}); {hint}") from None
+    text = read_text(path, hint)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

@@ -121,7 +121,7 @@ def test_read_csv_header_and_field_errors(tmp_path):
         maze.read_csv(fields)
     with pytest.raises(PonderInputError, match=r"empty.csv: no mazes found"):
         maze.read_csv(write_csv(tmp_path / "empty.csv"))
-    with pytest.raises(PonderInputError, match=r"missing.csv: cannot read"):
+    with pytest.raises(PonderInputError, match=r"missing.csv: cannot be read"):
         maze.read_csv(tmp_path / "missing.csv")
 
 

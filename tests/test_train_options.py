@@ -61,4 +61,4 @@ def test_time_budget_ends_the_run_with_a_test(tmp_path):
     result = api.train(TINY + ["train.steps=100000", "train.budget_minutes=0.0001"], out=str(run), progress=False)
     assert 1 <= result["step"] < 100000 and "exact_accuracy" in result
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["event"] for r in log[-2:]] == ["val", "test"] and log[-2]["step"] == result["step"]
+    assert [r["event"] for r in log[-3:]] == ["val", "checkpoint", "test"] and log[-3]["step"] == log[-2]["step"] == result["step"]

@@ -644,9 +644,9 @@ def _read_text_manifest(folder: Path) -> dict:
     hint = "rebuild the folder with 'ponder data build'"
     require_fields(manifest, {"tokenizer": dict, "tokens": dict, "problems": dict, "sha256": str, "data_file": str}, path, hint)
     plain_file_name(manifest["data_file"], path, "data_file")
-    for field in ("tokens", "problems"):
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in manifest[field].values()):
-            raise PonderInputError(f"{path}: field '{field}' must map split names to counts >= 0; {hint}")
+    for key in ("tokens", "problems"):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in manifest[key].values()):
+            raise PonderInputError(f"{path}: field '{key}' must map split names to counts >= 0; {hint}")
     return manifest
 
 

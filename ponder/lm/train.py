@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ponder.config import RunConfig, TaskConfig, parse_int_list
+from ponder.config import TaskConfig, parse_int_list
 from ponder.errors import PonderInputError
 from ponder.lm.evaluate import answers_by_recurrence, loss_by_recurrence
 from ponder.lm.models import LM_FAMILIES, build_lm, r_for_step

@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ponder.errors import PonderInputError
+from ponder.errors import PonderInputError, read_text
 from ponder.tasks.dataset import ArraySplit, Dataset
 from ponder.tasks.grids import DIHEDRAL_INVERSE, IGNORE, dihedral, seed_int
 
@@ -142,12 +142,7 @@ def parse_task(obj: Any, name: str, where: str) -> ArcTask:
 
 def load_task_file(path: str | Path) -> ArcTask:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise PonderInputError(f"{path}: cannot read ({e.strerror}); expected a readable ARC task JSON file") from None
-    except UnicodeDecodeError:
-        raise PonderInputError(f"{path}: not UTF-8 text; expected an ARC task JSON file") from None
+    text = read_text(path, "expected an ARC task JSON file")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ponder.config import TaskConfig, parse_depth_range
-from ponder.errors import PonderInputError
+from ponder.errors import PonderInputError, read_text
 from ponder.tasks import arc, compositional, maze, sudoku
 from ponder.tasks.dataset import ArraySplit, Dataset
 from ponder.tasks.grids import seed_int
@@ -178,7 +178,7 @@ def hard_sample(counts: dict[str, int], seed: int, exclude: set[str], progress: 
     the file, skip puzzles whose canonical form is in `exclude` (the training set) or
     already taken, and fill each split in turn. Returns the samples and skip counts."""
     path = raw_path("sudoku-hard-sets", HARD_SET)
-    lines = [(k, line.split()[0]) for k, line in enumerate(path.read_text().splitlines(), start=1) if line.strip() and not line.startswith("#")]
+    lines = [(k, line.split()[0]) for k, line in enumerate(read_text(path, "expected the forum-hardest puzzle list").splitlines(), start=1) if line.strip() and not line.startswith("#")]
     order = np.random.default_rng(seed_int("sudoku-hard", seed)).permutation(len(lines))
     wanted = sum(counts.values())
     if wanted > len(lines):

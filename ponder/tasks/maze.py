@@ -52,6 +52,7 @@ with `valid_answers`, not exact match.
 from __future__ import annotations
 
 import csv
+import io
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,7 +60,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ponder.errors import PonderInputError
+from ponder.errors import PonderInputError, read_text
 from ponder.tasks import keyed
 from ponder.tasks.grids import dihedral, seed_int
 
@@ -192,10 +193,7 @@ def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     questions and answers. Every answer must mark a shortest path of its question."""
     path = Path(path)
     questions, answers = [], []
-    try:
-        f = open(path, newline="", encoding="utf-8")
-    except OSError as e:
-        raise PonderInputError(f"{path}: cannot read ({e.strerror}); expected a maze CSV file") from None
+    f = io.StringIO(read_text(path, "expected a maze CSV file"), newline="")  # read whole: a bad byte is a one-line error
     with f:
         reader = csv.reader(f)
         header = next(reader, None)

@@ -8,6 +8,7 @@ input the same 81 integers are the tokens (vocabulary 10); the label is the solv
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import random
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ponder.errors import PonderInputError
+from ponder.errors import PonderInputError, read_text
 from ponder.tasks import keyed
 from ponder.tasks.grids import seed_int
 
@@ -322,10 +323,8 @@ def read_puzzles(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _open_text(path: Path):
-    try:
-        return open(path, newline="", encoding="utf-8")
-    except OSError as e:
-        raise PonderInputError(f"{path}: cannot read ({e.strerror})") from None
+    """The file's text as a stream, read whole first so a non-UTF-8 byte is a one-line error."""
+    return io.StringIO(read_text(path, "expected a Sudoku CSV or a puzzle-per-line text file"), newline="")
 
 
 # ---------------------------------------------------------------------- augmentations

@@ -54,7 +54,7 @@ from ponder.models import build_model, count_params
 from ponder.models.driver import autocast_context, think
 from ponder.models.flops import peak_flops, segment_flops
 from ponder.run_folder import (
-    CHECKPOINT, CONFIG, METRICS, RESULTS, FolderLock, RunLog, environment, holds_work, remove_temporaries, write_atomic,
+    CHECKPOINT, CONFIG, METRICS, RESULTS, FolderLock, RunLog, environment, holds_work, read_log, remove_temporaries, write_atomic,
 )
 from ponder.tasks import Split, load_task, scorer
 from ponder.train.carry import Carry
@@ -73,6 +73,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = True, quiet: bool = False) -> dict[str, Any]:
     """Train (or resume) a run in `out_dir`. Returns the final test evaluation, or, when
     the run stopped early for time or a signal, `{"stopped": reason, "step": ...}`."""
+    if not resume and holds_work(Path(out_dir)):  # before the lock touches the folder
+        raise PonderInputError(f"{out_dir}: folder exists and is not empty; use --resume {out_dir} or another --out")
     with process_settings(cfg.train.threads), writer_lock(Path(out_dir)):
         trainer_class = Trainer
         from ponder.lm.models import LM_FAMILIES
@@ -222,6 +224,10 @@ class TrainerBase:
         loaded = None
         self.restarted = False  # resumed a run that was stopped before its first checkpoint: from step 0
         if resume and not checkpoint_files(self.ckpt_path):
+            saved = [r["step"] for r in read_log(out_dir) if r.get("event") == "checkpoint"]
+            if saved:
+                raise PonderInputError(f"{self.ckpt_path}: missing, yet the run's log records a checkpoint at step {saved[-1]}; "
+                                       f"restore it, or start a new run with another --out")
             self.restarted = True
             if not quiet:
                 print(f"{out_dir}: no checkpoint yet (the run stopped before its first); starting again from step 0 with its config")
@@ -475,6 +481,8 @@ class TrainerBase:
             moments = torch.bfloat16 if tc.checkpoint_moments == "bfloat16" else None
             save_checkpoint(self.ckpt_path, self.model, self.ema, self.optimizer, meta, shard_bytes=tc.checkpoint_shard_mib * 2**20,
                             moments_dtype=moments, extra=extra)
+            if self.log is not None:
+                self.log.write({"event": "checkpoint", "step": step})
         self.dist.barrier()
         self.last_checkpoint = time.time()
 

@@ -4,7 +4,8 @@ load, for each thread setting and OpenMP wait policy.
     python benchmarks/contention.py --out records/contention-cpu
 
 Each condition trains the default preset (`trm-sudoku-cpu`) for `--steps` batches in a
-fresh process and reports seconds per batch (training time / steps, the final test
+fresh process (`ponder train`, so `ponder/__init__.py` sets its OpenMP default unless a
+row turns it off) and reports seconds per batch (training time / steps, the final test
 excluded). The competing load is `--load` processes each spinning one core in pure
 Python (what another user's job looks like to the scheduler). Conditions run in turn,
 alone and loaded, `--repeats` times; the table gives the median.
@@ -23,20 +24,23 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = {  # name -> (train.threads, OMP_WAIT_POLICY or None for the library's default)
-    "2 threads, OpenMP default": (2, None),
-    "2 threads, OMP_WAIT_POLICY=PASSIVE": (2, "PASSIVE"),
-    "2 threads, OMP_WAIT_POLICY=ACTIVE": (2, "ACTIVE"),
-    "1 thread": (1, None),
+SETTINGS = {  # name -> (train.threads, environment for OpenMP; None: ponder's own default)
+    "2 threads, ponder's default (GOMP_SPINCOUNT=10000)": (2, None),
+    "2 threads, OpenMP default": (2, {}),
+    "2 threads, OMP_WAIT_POLICY=PASSIVE": (2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "2 threads, OMP_WAIT_POLICY=ACTIVE": (2, {"OMP_WAIT_POLICY": "ACTIVE"}),
+    "2 threads, GOMP_SPINCOUNT=10000": (2, {"GOMP_SPINCOUNT": "10000"}),
+    "2 threads, GOMP_SPINCOUNT=100000": (2, {"GOMP_SPINCOUNT": "100000"}),
+    "1 thread": (1, {}),
 }
 SPIN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
 
 
-def seconds_per_batch(threads: int, policy: str | None, steps: int, extra: list[str]) -> float:
-    env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
-    if policy is not None:
-        env["OMP_WAIT_POLICY"] = policy
+def seconds_per_batch(threads: int, openmp: dict[str, str] | None, steps: int, extra: list[str]) -> float:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "PONDER_OMP_DEFAULTS")}
+    if openmp is not None:
+        env["PONDER_OMP_DEFAULTS"] = "0"  # the library's own behaviour, or these settings, not ponder's choice
+        env.update(openmp)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         command = [sys.executable, "-m", "ponder.cli", "train", "--out", str(out), f"train.threads={threads}",
@@ -61,8 +65,8 @@ def main() -> None:
                 spinners = [subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=3600)]) for _ in range(args.load)]
                 time.sleep(1)
             try:
-                for name, (threads, policy) in SETTINGS.items():
-                    t = seconds_per_batch(threads, policy, args.steps, args.set)
+                for name, (threads, openmp) in SETTINGS.items():
+                    t = seconds_per_batch(threads, openmp, args.steps, args.set)
                     times.setdefault((name, loaded), []).append(t)
                     print(f"{name}, {'loaded' if loaded else 'alone'}: {t:.3f} s/batch", flush=True)
             finally:

@@ -306,7 +306,7 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("train.peak_tflops", cfg.train.peak_tflops >= 0, ">= 0"),
         ("train.threads", cfg.train.threads >= 0, ">= 0"),
         ("train.halt_explore_prob", 0 <= cfg.train.halt_explore_prob <= 1, "in [0, 1]"),
-        ("model.expansion", cfg.model.expansion > 0, "> 0"),
+        ("model.expansion", 0 < cfg.model.expansion <= 64, "in (0, 64]"),
         ("task.seed", cfg.task.seed >= 0, ">= 0"),
         ("train.seed", cfg.train.seed >= 0, ">= 0"),
         ("train.lr_warmup", cfg.train.lr_warmup >= 0, ">= 0"),

@@ -467,8 +467,10 @@ class TrainerBase:
     def save(self, step: int) -> None:
         """Checkpoint (rank 0 writes; every rank takes part in gathering `extra_state`)."""
         tc = self.tc
-        bad = next((name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()), None)
-        if bad is not None:  # never checkpoint a diverged model: the last good checkpoint stays
+        names, params = zip(*self.model.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for p in params])  # one read from the device, not one per tensor
+        if not bool(finite.all()):  # never checkpoint a diverged model: the last good checkpoint stays
+            bad = names[int((~finite).nonzero()[0])]
             raise PonderInputError(f"training diverged at step {step}: non-finite weights in '{bad}'; lower train.lr "
                                    f"(the last checkpoint, if any, is kept)")
         extra = self.extra_state()

@@ -26,6 +26,14 @@ def _save(fig, run_dir: Path) -> Path:
     return path
 
 
+def _series(records: list[dict], key: str) -> tuple[list, list]:
+    """(steps, values) of `key` over the records that hold both as numbers (a log line
+    damaged on disk is left out, not plotted as garbage)."""
+    number = (int, float)
+    pairs = [(r["step"], r[key]) for r in records if isinstance(r.get("step"), number) and isinstance(r.get(key), number)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
 def plot_run(run_dir: str | Path) -> Path:
     """Write `curves.png`: loss, train/val accuracy by step, test accuracy by segment (a
     language-model run: loss by step, validation loss by step and by test-time depth)."""
@@ -39,16 +47,16 @@ def plot_run(run_dir: str | Path) -> Path:
 
     fig, axes = _figure(15, 3)
     ax = axes[0]
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8)
+    ax.plot(*_series(train, "loss"), lw=0.8)
     ax.set(xlabel="batch", ylabel="token loss", yscale="log", title="training loss")
     ax = axes[1]
-    ax.plot([r["step"] for r in train], [r["accuracy"] for r in train], lw=0.6, alpha=0.6, label="train batch (exact, at its halting segment)")
+    ax.plot(*_series(train, "accuracy"), lw=0.6, alpha=0.6, label="train batch (exact, at its halting segment)")
     if val:
-        ax.plot([r["step"] for r in val], [r["exact_accuracy"] for r in val], "o-", label="validation (exact)")
+        ax.plot(*_series(val, "exact_accuracy"), "o-", label="validation (exact)")
     ax.set(xlabel="batch", ylabel="accuracy", ylim=(0, 1.02), title="accuracy during training")
     ax.legend(loc="lower right")
     ax = axes[2]
-    if test:
+    if test and isinstance(test.get("accuracy_by_segment"), list) and all(k in test for k in ("n", "halting_accuracy", "mean_segments")):
         acc = test["accuracy_by_segment"]
         ax.plot(range(1, len(acc) + 1), acc, "o-", label=f"test, all segments (n={test['n']})")
         ax.axhline(test["halting_accuracy"], ls="--", c="gray", label=f"with halting: mean {test['mean_segments']:.2f} segments")
@@ -63,11 +71,12 @@ def plot_language_run(run_dir: Path, train: list, val: list, test: dict | None) 
     """Training loss, validation loss by step, and the final validation loss against the
     test-time recurrence (flat for a model without one)."""
     fig, axes = _figure(15, 3)
-    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8)
+    axes[0].plot(*_series(train, "loss"), lw=0.8)
     axes[0].set(xlabel="step", ylabel="loss (nats per token)", title="training loss")
-    axes[1].plot([r["step"] for r in val], [r["loss"] for r in val], "o-")
+    axes[1].plot(*_series(val, "loss"), "o-")
     axes[1].set(xlabel="step", ylabel="loss (nats per token)", title="validation loss")
     final = (test or (val[-1] if val else {})).get("loss_by_recurrence", {})
+    final = {k: v for k, v in final.items() if isinstance(v, (int, float)) and (k == "default" or k.isdigit())} if isinstance(final, dict) else {}
     depths = sorted((int(k), v) for k, v in final.items() if k != "default")
     if depths:
         axes[2].plot([d for d, _ in depths], [v for _, v in depths], "o-")

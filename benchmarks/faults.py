@@ -27,6 +27,9 @@ Categories:
                  included), then `--resume`: the log must equal an uninterrupted run's
     leftovers    a killed checkpoint write's files (a temporary main file, orphan shards,
                  a temporary config) in the folder, then `--resume`
+    numerical    a diverging run (AdamW at lr 1e6), and NaN or inf in the weights, EMA
+                 weights or optimizer state of a checkpoint (written with a valid hash, as
+                 a buggy writer would), then eval and resume
     writers      two `ponder train` into one new folder at once, and two `ponder data
                  build`: one must refuse (naming the other's pid), the other finish
 
@@ -379,6 +382,68 @@ def leftover_cases(paths: dict[str, Path], work: Path) -> list[dict]:
     return cases
 
 
+def rewrite_checkpoint(path: Path, change: Callable[[dict, dict], Any]) -> None:
+    """Apply `change(tensors, meta)` and save the checkpoint with a consistent content
+    hash: what a buggy writer, not a damaged disk, would leave."""
+    from safetensors.torch import save_file
+
+    from ponder.train.checkpoint import content_hash, read_checkpoint
+
+    tensors, meta = read_checkpoint(path)
+    change(tensors, meta)
+    meta.pop("shards", None)
+    meta.pop("split", None)
+    meta["content_sha256"] = content_hash(tensors, meta)
+    save_file(tensors, str(path), metadata={"ponder": json.dumps(meta)})
+
+
+def poison(prefix: str, value: float) -> Callable[[dict, dict], None]:
+    """Set the first element of the first floating tensor under `prefix` to `value`."""
+    def change(tensors: dict, meta: dict) -> None:
+        name = next(k for k, v in sorted(tensors.items()) if k.startswith(prefix) and v.is_floating_point() and v.numel() > 1)
+        tensors[name].view(-1)[0] = value
+    return change
+
+
+def numerical_cases(paths: dict[str, Path], work: Path) -> list[dict]:
+    """Non-finite numbers: a diverging run, and NaN or inf written into each group of a
+    checkpoint by a buggy writer; then eval and resume must refuse, never use them."""
+    cases = []
+    run = work / "numerical-diverge"
+    result = call(["train", "--out", run, *TINY_TRM, "train.optimizer=adamw", "train.lr=1e6", "train.steps=12", "train.checkpoint_every=1"])
+    outcome, detail = classify(result, None)
+    if outcome == "error" and "diverged" not in detail:
+        outcome, detail = "wrong", f"refused for another reason: {detail}"
+    elif outcome == "identical":
+        outcome, detail = "wrong", "a diverging run exited 0"
+    if (run / "checkpoint.safetensors").exists():
+        import torch
+
+        from ponder.train.checkpoint import read_checkpoint
+
+        tensors, _ = read_checkpoint(run / "checkpoint.safetensors")
+        if not all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()):
+            outcome, detail = "wrong", "a non-finite checkpoint was written"
+    cases.append({"category": "numerical", "case": "train.lr=1e6 (AdamW)", "outcome": outcome, "detail": detail})
+    for prefix in ("model.", "ema.", "optim."):
+        for value in (float("nan"), float("inf")):
+            for verb, argv in {"eval": lambda r: ["eval", r, "--json"], "resume": lambda r: ["train", "--resume", r, "train.steps=6", "--json"]}.items():
+                damaged = work / f"numerical-{prefix}{value}-{verb}"
+                shutil.copytree(paths["trm"], damaged)
+                try:
+                    rewrite_checkpoint(damaged / "checkpoint.safetensors", poison(prefix, value))
+                except StopIteration:  # the run keeps no such group (no EMA, say)
+                    continue
+                outcome, detail = classify(call(argv(damaged)), None)
+                if outcome == "identical" and not (verb == "eval" and prefix != "ema."):  # eval reads the EMA weights only
+                    outcome, detail = "wrong", f"{value} in '{prefix}*' used without a word"
+                elif outcome == "identical":
+                    outcome = "accepted"  # eval never reads these tensors
+                cases.append({"category": "numerical", "case": f"{value} in {prefix}*", "verb": verb, "outcome": outcome, "detail": detail})
+                shutil.rmtree(damaged, ignore_errors=True)
+    return cases
+
+
 def writer_argv(what: str, out: Path, seed: int) -> list[str]:
     if what == "train":
         return [*ponder_cmd(), "train", "--preset", "trm-sudoku-cpu", *TINY_TRM, "train.steps=6", f"train.seed={seed}", "--out", str(out)]
@@ -440,6 +505,7 @@ def audit(work: Path, quick: bool, seeds: int, kills: int, trials: int) -> list[
     cases += config_cases(paths, work, quick)
     cases += cli_cases(paths, work, quick)
     cases += leftover_cases(paths, work)
+    cases += numerical_cases(paths, work)
     cases += kill_cases(work, kills, seed=0)
     cases += writer_cases(paths, work, trials)
     return cases

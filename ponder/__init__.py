@@ -5,9 +5,9 @@ import os
 __version__ = "0.1.0"
 
 # OpenMP threads that wait for work spin for a while before they sleep. On a CPU shared
-# with other jobs that spinning takes the cores the other threads need: the default run
-# beside two busy processes on 2 cores went from 1.4 to 5 s per batch with libgomp's
-# default spin and to about 3.2 s with GOMP_SPINCOUNT=10000, which costs 0-7% alone
+# with other jobs that spinning takes the cores the other threads need: beside two busy
+# processes on 2 cores the default run takes 4.7 s per batch with libgomp's default spin
+# (1.4 s alone) and 3.1 s with GOMP_SPINCOUNT=10000, which costs about 1% alone
 # (records/contention-cpu). Set before torch loads OpenMP (so only when ponder is
 # imported first, as the `ponder` command does); a user's own OpenMP settings win, and
 # PONDER_OMP_DEFAULTS=0 turns this off.

@@ -17,14 +17,14 @@ import faults  # noqa: E402
 
 from ponder import api  # noqa: E402
 from ponder.errors import PonderInputError  # noqa: E402
-from ponder.train.checkpoint import content_hash, read_checkpoint  # noqa: E402
+from ponder.train.checkpoint import read_checkpoint  # noqa: E402
 
 
 def test_quick_audit_finds_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # fuzzed relative paths land here
     cases = faults.audit(tmp_path / "work", quick=True, seeds=1, kills=2, trials=1)
     categories = {c["category"] for c in cases}
-    assert categories == {"run-file", "data-file", "config", "cli", "leftovers", "kill", "writers"}
+    assert categories == {"run-file", "data-file", "config", "cli", "leftovers", "numerical", "kill", "writers"}
     assert faults.failures(cases) == [], faults.failures(cases)[:5]
     assert sum(c["outcome"] == "error" for c in cases) > 300  # the damage was seen, not missed
 
@@ -43,19 +43,6 @@ def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("faults") / "run"
     api.train(TINY + ["train.steps=4", "train.checkpoint_every=2"], out=str(run), progress=False)
     return run
-
-
-def rewrite_checkpoint(path, change):
-    """Apply `change(tensors, meta)` and save the checkpoint with a consistent content
-    hash, as a buggy writer (not a damaged disk) would."""
-    from safetensors.torch import save_file
-
-    tensors, meta = read_checkpoint(path)
-    change(tensors, meta)
-    meta.pop("shards", None)
-    meta.pop("split", None)
-    meta["content_sha256"] = content_hash(tensors, meta)
-    save_file(tensors, str(path), metadata={"ponder": json.dumps(meta)})
 
 
 def nan_weight(tensors, meta):
@@ -79,7 +66,7 @@ def test_checkpoint_missing_groups_or_non_finite_refused(trained, tmp_path, verb
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    rewrite_checkpoint(run / "checkpoint.safetensors", change)
+    faults.rewrite_checkpoint(run / "checkpoint.safetensors", change)
     with pytest.raises(PonderInputError, match=message):
         api.evaluate(str(run)) if verb == "eval" else api.train(["train.steps=6"], resume=str(run), progress=False)
 

@@ -232,18 +232,23 @@ def restore(path: Path, model, ema, optimizer, loaded: tuple[dict[str, torch.Ten
         ema.updates = int(meta.get("ema_updates", 0))
     params = [p for g in optimizer.param_groups for p in g["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in _prefixed(tensors, "optim.").items():
-        idx, key = k.split(".", 1)
-        idx = int(idx)
-        if _is_moment(key, v) and idx < len(params) and params[idx].is_floating_point():
-            v = v.to(params[idx].dtype)  # moments saved in a narrower dtype come back as the parameter's
-        state.setdefault(idx, {})[key] = v
-    groups = meta["param_groups"]
-    for g in groups:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-    torch.set_rng_state(tensors["rng.torch"])
+    try:
+        for k, v in _prefixed(tensors, "optim.").items():
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise ValueError(f"non-finite values in 'optim.{k}'")
+            idx, key = k.split(".", 1)
+            idx = int(idx)
+            if _is_moment(key, v) and idx < len(params) and params[idx].is_floating_point():
+                v = v.to(params[idx].dtype)  # moments saved in a narrower dtype come back as the parameter's
+            state.setdefault(idx, {})[key] = v
+        groups = meta["param_groups"]
+        for g in groups:
+            if "betas" in g:
+                g["betas"] = tuple(g["betas"])
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        torch.set_rng_state(tensors["rng.torch"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise PonderInputError(f"{path}: optimizer or RNG state does not fit this run ({_first_line(e)})") from None
     if torch.cuda.is_available():  # a machine without CUDA ignores saved CUDA RNG states
         for k, v in _prefixed(tensors, "rng.cuda.").items():
             if int(k) < torch.cuda.device_count():

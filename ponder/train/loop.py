@@ -393,7 +393,8 @@ class TrainerBase:
         self.model.train()
         done = self.start
         last_val = None
-        with self.stop_signals():
+        with self.stop_signals(), contextlib.closing(bar) if bar is not None else contextlib.nullcontext():
+            # (closing the bar on an error too, so the error's line starts a line of its own)
             for step in range(self.start, tc.steps):
                 lr = self.set_lr(step)
                 self.train_step(step)
@@ -412,8 +413,6 @@ class TrainerBase:
                     bar.update(1)
                 if stop or last:
                     break
-        if bar is not None:
-            bar.close()
         if self.stop_reason is not None and done < tc.steps:
             return self.stopped(done)
         return self.finish(done)

@@ -146,3 +146,39 @@ def test_solve_says_when_a_puzzle_has_no_solution_or_several(trained):
         api.solve(str(trained), "12345678." + "........9" + "." * 63)
     several = api.solve(str(trained), "." * 81)
     assert several["unique"] is False
+
+
+KILL_IN_WRITE = """
+import os, signal, sys
+import ponder.train.checkpoint as checkpoint
+real, count = checkpoint._write_synced, [0]
+
+def write(path, data, written):  # the n-th file a checkpoint write syncs: SIGKILL right after it, before any rename
+    real(path, data, written)
+    count[0] += 1
+    if count[0] == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+checkpoint._write_synced = write
+from ponder.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("nth", [1, 3])
+def test_sigkill_during_a_checkpoint_write_resumes_exactly(tmp_path, ponder_cmd, nth):
+    """Killed inside the nth checkpoint write (its temporary file synced, not yet renamed):
+    the previous checkpoint stands (or none: then from step 0), the leftover is cleared,
+    and the resumed log equals an uninterrupted run's."""
+    from test_resume import logged
+
+    args = [*TINY, "train.steps=8", "train.checkpoint_every=2", "train.eval_every=4"]
+    full = tmp_path / "full"
+    subprocess.run(ponder_cmd + ["train", "--out", str(full), *args], check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    done = subprocess.run([sys.executable, "-c", KILL_IN_WRITE, str(nth), "train", "--out", str(killed), *args], capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr[-500:]
+    assert list(killed.glob("*.tmp"))  # killed mid-write: the temporary file is there
+    resumed = subprocess.run(ponder_cmd + ["train", "--resume", str(killed)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-500:]
+    assert logged(killed) == logged(full) and not list(killed.glob("*.tmp"))

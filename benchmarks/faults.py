@@ -178,67 +178,57 @@ def fixtures(work: Path) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------------ categories
 
+def damage_cases(category: str, folder: Path, verbs: dict[str, Callable[[Path], list]], work: Path, seeds: int, kinds) -> list[dict]:
+    """Each file of `folder` damaged each way (flips with `seeds` seeds), each verb run on
+    a damaged copy and judged against the verb on an undamaged copy. A verb may write
+    `<copy>-run` beside the copy; it is removed with it."""
+    def fresh(name: str) -> Path:
+        copy = work / name.replace(" ", "")
+        shutil.copytree(folder, copy)
+        return copy
+
+    def remove(copy: Path) -> None:
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.rmtree(copy.parent / (copy.name + "-run"), ignore_errors=True)
+
+    baselines = {}
+    for verb, argv in verbs.items():
+        rc, out, err, escaped = call(argv(fresh(f"clean-{category}-{verb}")))
+        assert rc == 0, (verb, escaped, err[-500:])
+        baselines[verb] = json.loads(out.strip().splitlines()[-1])
+    cases = []
+    for target in files_of(folder):
+        for kind in kinds:
+            for seed in range(seeds if kind == "flip" else 1):
+                for verb, argv in verbs.items():
+                    damaged = fresh(f"{category}-{target.name}-{kind}-{seed}-{verb}")
+                    if corrupt(damaged / target.name, kind, random.Random(f"{target.name}{kind}{seed}")):
+                        outcome, detail = classify(call(argv(damaged)), baselines[verb])
+                        cases.append({"category": category, "file": target.name, "damage": kind, "seed": seed, "verb": verb,
+                                      "outcome": outcome, "detail": detail})
+                    remove(damaged)
+    return cases
+
+
 def run_file_cases(paths: dict[str, Path], work: Path, seeds: int, kinds=CORRUPTIONS) -> list[dict]:
     """Damage each file of the TRM run folder; eval it and resume it (to step 6)."""
-    run = paths["trm"]
     verbs: dict[str, Callable[[Path], list]] = {
         "eval": lambda r: ["eval", r, "--json"],
         "resume": lambda r: ["train", "--resume", r, "train.steps=6", "--json"],
     }
-    baselines = {}
-    for verb, argv in verbs.items():
-        clean = work / f"clean-{verb}"
-        shutil.copytree(run, clean)
-        rc, out, err, escaped = call(argv(clean))
-        assert rc == 0, (verb, escaped, err[-500:])
-        baselines[verb] = json.loads(out.strip().splitlines()[-1])
-    cases = []
-    for target in files_of(run):
-        for kind in kinds:
-            for seed in range(seeds if kind == "flip" else 1):
-                for verb, argv in verbs.items():
-                    damaged = work / f"run-{target.name}-{kind}-{seed}-{verb}"
-                    shutil.copytree(run, damaged)
-                    if not corrupt(damaged / target.name, kind, random.Random(f"{target.name}{kind}{seed}")):
-                        continue
-                    outcome, detail = classify(call(argv(damaged)), baselines[verb])
-                    cases.append({"category": "run-file", "file": target.name, "damage": kind, "seed": seed, "verb": verb,
-                                  "outcome": outcome, "detail": detail})
-                    shutil.rmtree(damaged, ignore_errors=True)
-    return cases
+    return damage_cases("run-file", paths["trm"], verbs, work, seeds, kinds)
 
 
 def data_file_cases(paths: dict[str, Path], work: Path, seeds: int, kinds=CORRUPTIONS) -> list[dict]:
     """Damage each file of the dataset folder; show it, evaluate the run on it, train on it."""
-    data, run = paths["data"], paths["trm"]
+    run = paths["trm"]
     verbs: dict[str, Callable[[Path], list]] = {
         "data show": lambda d: ["data", "show", d, "--json"],
         "eval --data": lambda d: ["eval", run, "--data", d, "--json"],
         "train on it": lambda d: ["train", "--out", d.parent / (d.name + "-run"), *TINY_TRM, "train.steps=1",
                                   "task.name=sudoku", f"task.data_dir={d}", "--json"],
     }
-    baselines = {}
-    for verb, argv in verbs.items():
-        clean = work / f"clean-data-{verb.replace(' ', '')}"
-        shutil.copytree(data, clean)
-        rc, out, err, escaped = call(argv(clean))
-        assert rc == 0, (verb, escaped, err[-500:])
-        baselines[verb] = json.loads(out.strip().splitlines()[-1])
-    cases = []
-    for target in files_of(data):
-        for kind in kinds:
-            for seed in range(seeds if kind == "flip" else 1):
-                for verb, argv in verbs.items():
-                    damaged = work / f"data-{target.name}-{kind}-{seed}-{verb.replace(' ', '')}"
-                    shutil.copytree(data, damaged)
-                    if not corrupt(damaged / target.name, kind, random.Random(f"{target.name}{kind}{seed}")):
-                        continue
-                    outcome, detail = classify(call(argv(damaged)), baselines[verb])
-                    cases.append({"category": "data-file", "file": target.name, "damage": kind, "seed": seed, "verb": verb,
-                                  "outcome": outcome, "detail": detail})
-                    shutil.rmtree(damaged, ignore_errors=True)
-                    shutil.rmtree(damaged.parent / (damaged.name + "-run"), ignore_errors=True)
-    return cases
+    return damage_cases("data-file", paths["data"], verbs, work, seeds, kinds)
 
 
 FUZZ_NUMBERS = ("nan", "inf", "-inf", "-1", "0", "1e400", "99999999999999999999", "abc", "")
@@ -328,7 +318,7 @@ def kill_cases(work: Path, kills: int, seed: int) -> list[dict]:
     args = ["--preset", "trm-sudoku-cpu", *TINY_TRM, "train.steps=12", "train.checkpoint_every=3"]
     full = work / "kill-full"
     subprocess.run([*ponder_cmd(), "train", "--out", full, *map(str, args)], check=True, capture_output=True, cwd=ROOT)
-    expected = [strip(r) for r in read_log(full) if r.get("event") in LOGGED]
+    expected = [comparable(r) for r in read_log(full) if r.get("event") in LOGGED]
     rng = random.Random(seed)
     cases = []
     for k in range(kills):
@@ -343,7 +333,7 @@ def kill_cases(work: Path, kills: int, seed: int) -> list[dict]:
         rc = subprocess.run([*ponder_cmd(), "train", "--resume", run], capture_output=True, text=True, cwd=ROOT)
         if not (run / "config.json").exists():  # killed before anything was written: a fresh --out must work
             rc = subprocess.run([*ponder_cmd(), "train", "--out", run, *map(str, args)], capture_output=True, text=True, cwd=ROOT)
-        same = rc.returncode == 0 and [strip(r) for r in read_log(run) if r.get("event") in LOGGED] == expected
+        same = rc.returncode == 0 and [comparable(r) for r in read_log(run) if r.get("event") in LOGGED] == expected
         outcome = "identical" if same else ("error" if rc.returncode == 2 and len(rc.stderr.strip().splitlines()) == 1 else "wrong")
         cases.append({"category": "kill", "delay_s": round(delay, 2), "finished_before_kill": finished, "outcome": outcome,
                       "detail": "" if same else (rc.stderr.strip().splitlines() or ["log differs"])[-1][:200]})
@@ -352,10 +342,6 @@ def kill_cases(work: Path, kills: int, seed: int) -> list[dict]:
 
 
 LOGGED = ("train", "val", "test")  # what a run computes; start, resume and checkpoint lines say how it ran
-
-
-def strip(record: dict) -> dict:
-    return comparable(record)
 
 
 def leftover_cases(paths: dict[str, Path], work: Path) -> list[dict]:

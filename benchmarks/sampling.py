@@ -42,6 +42,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from ponder.lm.decoding import Decoded, ExitRule, autoregressive, diffusion_forcing  # noqa: E402
 from ponder.nn.blocks import KVCache  # noqa: E402
+from ponder.tasks.dataset import sha256_file  # noqa: E402
 
 
 def methods(r: int, windows: list[int], exit_kl: list[float], exit_latent: list[float]) -> dict:
@@ -218,16 +219,10 @@ def main() -> None:
         "run": args.run, "family": cfg.model.family, "task": cfg.task.name, "prompts": args.prompts,
         "prompt_length": args.prompt_length, "new": args.new, "threads": args.threads, "device": str(device),
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "checkpoint_sha256": sha256(Path(args.run) / "checkpoint.safetensors"),
+        "checkpoint_sha256": sha256_file(Path(args.run) / "checkpoint.safetensors"),
         "command": "python benchmarks/sampling.py " + " ".join(sys.argv[1:]),
     }
     write(rows, setup, args.out)
-
-
-def sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
 if __name__ == "__main__":

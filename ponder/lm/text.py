@@ -59,7 +59,6 @@ puzzle dataset folder (`ponder.tasks.dataset`):
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -69,8 +68,7 @@ import torch
 
 from ponder.config import parse_depth_range
 from ponder.errors import PonderInputError, plain_file_name, read_json, require_fields
-from ponder.run_folder import temporary_name
-from ponder.tasks.dataset import DATA_FILE, MANIFEST, sha256_file
+from ponder.tasks.dataset import DATA_FILE, MANIFEST, sha256_file, write_folder
 from ponder.tasks.dataset import FORMAT as PUZZLE_FORMAT
 from ponder.tasks.grids import seed_int
 from ponder.tasks.keyed import example_keys, integers
@@ -592,41 +590,24 @@ def _arrays(dataset: TextDataset) -> dict[str, np.ndarray]:
 
 
 def save_text(dataset: TextDataset, out_dir: Path) -> dict:
-    """Write the folder; both files appear whole or not at all (temporary names, then
-    renames, manifest last). Returns the manifest."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data_tmp, manifest_tmp = temporary_name(out_dir / DATA_FILE), temporary_name(out_dir / MANIFEST)
-    try:
-        return _write_folder(dataset, out_dir, data_tmp, manifest_tmp)
-    finally:  # a failed write leaves no temporary file behind
-        data_tmp.unlink(missing_ok=True)
-        manifest_tmp.unlink(missing_ok=True)
+    """Write the folder (`ponder.tasks.dataset.write_folder`). Returns the manifest."""
+    def manifest(sha256: str, nbytes: int) -> dict:
+        return {
+            "format": FORMAT,
+            "name": dataset.name,
+            "tokenizer": dataset.tokenizer.to_dict(),
+            "vocab_size": dataset.tokenizer.vocab_size,
+            "tokens": {k: int(len(v)) for k, v in dataset.splits.items()},
+            "problems": {k: len(v) for k, v in dataset.problems.items()},
+            "corpus_sha256": dataset.spec.get("corpus", {}).get("sha256"),
+            "spec": dataset.spec,
+            "info": dataset.info,
+            "data_file": DATA_FILE,
+            "bytes": nbytes,
+            "sha256": sha256,
+        }
 
-
-def _write_folder(dataset, out_dir: Path, data_tmp: Path, manifest_tmp: Path) -> dict:
-    from safetensors.numpy import save_file
-
-    save_file(_arrays(dataset), str(data_tmp))  # no metadata: the bytes depend only on the arrays
-    os.chmod(data_tmp, 0o644)
-    manifest = {
-        "format": FORMAT,
-        "name": dataset.name,
-        "tokenizer": dataset.tokenizer.to_dict(),
-        "vocab_size": dataset.tokenizer.vocab_size,
-        "tokens": {k: int(len(v)) for k, v in dataset.splits.items()},
-        "problems": {k: len(v) for k, v in dataset.problems.items()},
-        "corpus_sha256": dataset.spec.get("corpus", {}).get("sha256"),
-        "spec": dataset.spec,
-        "info": dataset.info,
-        "data_file": DATA_FILE,
-        "bytes": data_tmp.stat().st_size,
-        "sha256": sha256_file(data_tmp),
-    }
-    manifest_tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(data_tmp, out_dir / DATA_FILE)
-    os.replace(manifest_tmp, out_dir / MANIFEST)
-    return manifest
+    return write_folder(out_dir, _arrays(dataset), manifest)
 
 
 def _read_text_manifest(folder: Path) -> dict:

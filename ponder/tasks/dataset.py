@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -92,28 +92,31 @@ def sha256_file(path: Path) -> str:
 
 
 def save_dataset(dataset: Dataset, out_dir: Path) -> dict[str, Any]:
-    """Write the folder; both files appear whole or not at all (temporary names,
-    then renames, manifest last). Returns the manifest."""
+    """Write the folder (`write_folder`). Returns the manifest."""
+    return write_folder(out_dir, dataset.arrays(), dataset.manifest)
+
+
+def write_folder(out_dir: Path, arrays: dict[str, np.ndarray], manifest_for: Callable[[str, int], dict[str, Any]]) -> dict[str, Any]:
+    """Write a dataset folder (puzzle or text): the arrays as `data.safetensors`, then the
+    manifest that `manifest_for(sha256, bytes)` makes of the written file. Both appear
+    whole or not at all (temporary names unique to the writer, then renames, manifest
+    last), and a failed write leaves no temporary file behind. Returns the manifest."""
+    from safetensors.numpy import save_file
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_tmp, manifest_tmp = temporary_name(out_dir / DATA_FILE), temporary_name(out_dir / MANIFEST)
     try:
-        return _write_folder(dataset, out_dir, data_tmp, manifest_tmp)
-    finally:  # a failed write leaves no temporary file behind
+        save_file(arrays, str(data_tmp))  # no metadata: the bytes depend only on the arrays
+        os.chmod(data_tmp, 0o644)  # safetensors creates it private; a dataset is meant to be shared
+        manifest = manifest_for(sha256_file(data_tmp), data_tmp.stat().st_size)
+        manifest_tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.replace(data_tmp, out_dir / DATA_FILE)
+        os.replace(manifest_tmp, out_dir / MANIFEST)
+        return manifest
+    finally:
         data_tmp.unlink(missing_ok=True)
         manifest_tmp.unlink(missing_ok=True)
-
-
-def _write_folder(dataset, out_dir: Path, data_tmp: Path, manifest_tmp: Path) -> dict:
-    from safetensors.numpy import save_file
-
-    save_file(dataset.arrays(), str(data_tmp))  # no metadata: the bytes depend only on the arrays
-    os.chmod(data_tmp, 0o644)  # safetensors creates it private; a dataset is meant to be shared
-    manifest = dataset.manifest(sha256_file(data_tmp), data_tmp.stat().st_size)
-    manifest_tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(data_tmp, out_dir / DATA_FILE)
-    os.replace(manifest_tmp, out_dir / MANIFEST)
-    return manifest
 
 
 def read_manifest(data_dir: Path) -> dict[str, Any]:

@@ -315,9 +315,10 @@ def solve(run: str, puzzle: str, segments: int | None = None, exit_tol: float = 
 
 def bench_solvers(
     lengths: str = "1000,10000,100000", sizes: str = "4,16,64", methods: str = "quasi_deer,deer,elk", cells: str = "diag_gru,gru",
-    dtype: str = "float32", device: str = "cpu", batch: int = 1, repeats: int = 3, threads: int = 0, progress: bool = True,
+    dtype: str = "float32", device: str = "cpu", batch: int = 1, repeats: int = 3, threads: int = 0,
+    baselines: str = "eager", compile: bool = False, progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Time Newton-in-time solvers (DEER, quasi-DEER, ELK; parallel over T) against the sequential loop.
+    """Time Newton-in-time solvers (DEER, quasi-DEER, ELK; parallel over T) against sequential loops.
 
     Args:
         lengths: sequence lengths T, comma-separated
@@ -329,8 +330,11 @@ def bench_solvers(
         batch: sequences per call
         repeats: timed calls per setting; the best is kept
         threads: CPU threads for torch (0: torch's default); on a shared machine, the cores actually free
+        baselines: comma-separated sequential loops to time, from eager (the Python loop, always), compiled (one torch.compile'd scan), torch (torch.nn.GRU, gru only)
+        compile: also time each method's compiled Newton path (run_parallel(..., compile=True))
     """
     from ponder.solvers import CELLS, NEWTON_METHODS, benchmark
+    from ponder.solvers.bench_time import BASELINES
 
     def ints(text: str, flag: str) -> list[int]:
         try:
@@ -357,7 +361,7 @@ def bench_solvers(
         return benchmark(
             lengths=ints(lengths, "lengths"), sizes=ints(sizes, "sizes"), methods=names(methods, "methods", NEWTON_METHODS),
             cell=names(cells, "cells", tuple(CELLS)), dtype=dtypes[dtype], device=pick_device(device), batch=batch, repeats=repeats,
-            progress=progress,
+            progress=progress, baselines=names(baselines, "baselines", BASELINES), compile=compile,
         )
 
 

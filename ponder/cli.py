@@ -280,11 +280,15 @@ def show_data_list(rows: list[dict[str, Any]]) -> None:
 
 
 def show_bench_solvers(rows: list[dict[str, Any]]) -> None:
-    print(f"{'cell':<10} {'method':<10} {'T':>7} {'D':>4} {'dtype':<8} {'parallel s':>11} {'sequential s':>13} {'speedup':>8} {'iters':>6} {'max abs err':>12}")
+    extra = [b for b in ("compiled", "torch") if rows and f"speedup_{b}" in rows[0]]
+    head = "".join(f" {'vs ' + b:>12}" for b in extra)
+    print(f"{'cell':<10} {'method':<19} {'T':>7} {'D':>4} {'dtype':<8} {'parallel s':>11} {'sequential s':>13} {'speedup':>8}{head} {'iters':>6} {'max abs err':>12}")
     for r in rows:
+        method = r["method"] + (" compiled" if r.get("compiled") else "")
+        ratios = "".join(f" {'—':>12}" if r[f"speedup_{b}"] is None else f" {r[f'speedup_{b}']:>11.2f}x" for b in extra)
         print(
-            f"{r['cell']:<10} {r['method']:<10} {r['T']:>7} {r['D']:>4} {r['dtype']:<8} {r['seconds_parallel']:>11.4f} "
-            f"{r['seconds_sequential']:>13.4f} {r['speedup']:>7.2f}x {r['iterations']:>6} {r['max_abs_err']:>12.1e}"
+            f"{r['cell']:<10} {method:<19} {r['T']:>7} {r['D']:>4} {r['dtype']:<8} {r['seconds_parallel']:>11.4f} "
+            f"{r['seconds_sequential']:>13.4f} {r['speedup']:>7.2f}x{ratios} {r['iterations']:>6} {r['max_abs_err']:>12.1e}"
         )
 
 

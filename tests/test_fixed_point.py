@@ -163,3 +163,50 @@ def test_runs_without_grad() -> None:
 def test_unknown_method_lists_valid_ones() -> None:
     with pytest.raises(ValueError, match="iteration, anderson, broyden, bad_broyden"):
         solve(lambda z: z, torch.zeros(1, 2), method="newton")
+
+
+@pytest.mark.parametrize("good", [True, False], ids=["good", "bad"])
+@pytest.mark.parametrize("rank", [1, 3])
+def test_broyden_secant_condition_after_every_update_across_restarts(good: bool, rank: int) -> None:
+    """After each rank-one update H y = s holds for the newest pair, also right after H
+    restarts from -I (every `rank` updates), and H applies only the filled slots."""
+    from ponder.solvers.fixed_point import _Broyden
+
+    w = slow_contraction(seed=7)
+    x = torch.randn(BATCH, N, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh((w @ z[..., None]).squeeze(-1) + x)
+
+    z = torch.zeros(BATCH, N, dtype=torch.float64)
+    stepper = _Broyden(z, rank=rank, damping=1.0, good=good)
+    active = torch.ones(BATCH, dtype=torch.bool)
+    checked = 0
+    for k in range(3 * rank + 2):
+        fz = f(z)
+        g = fz - z
+        previous = (stepper.prev_z, stepper.prev_g)
+        z_next = stepper.step(z, fz, active)
+        if previous[0] is not None:
+            s, y = z - previous[0], g - previous[1]
+            assert stepper.stored == (k - 1) % rank + 1  # restarted after `rank` updates
+            relative = (stepper._h(y) - s).norm(dim=1) / s.norm(dim=1)
+            assert relative.max() < 1e-9, (k, relative)
+            checked += 1
+        z = z_next
+    assert checked == 3 * rank + 1
+
+
+def test_broyden_history_size_does_not_change_early_iterations() -> None:
+    """Unfilled slots cost nothing and change nothing: before the first restart, ranks 5
+    and 30 take identical steps."""
+    w = slow_contraction(seed=9)
+    x = torch.randn(BATCH, N, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh((w @ z[..., None]).squeeze(-1) + x)
+
+    z0 = torch.zeros(BATCH, N, dtype=torch.float64)
+    small = solve(f, z0, method="broyden", history=5, max_iter=6, tol=1e-14)
+    large = solve(f, z0, method="broyden", history=30, max_iter=6, tol=1e-14)
+    torch.testing.assert_close(small.z, large.z, atol=0, rtol=0)

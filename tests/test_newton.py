@@ -7,7 +7,9 @@ and 1e-3 relative to max(1, max |reference|) in float32.
 from __future__ import annotations
 
 import math
+import random
 import time
+import warnings
 
 import pytest
 import torch
@@ -167,7 +169,10 @@ def test_exact_after_t_iterations_even_when_not_contracting(method: str) -> None
     ref = run_sequential(cell, x)
     result = run_parallel(cell, x, method=method, max_iter=5, tol=1e-300)
     torch.testing.assert_close(result.h, ref, rtol=0, atol=1e-12)
-    partial = run_parallel(cell, x, method=method, max_iter=2, tol=1e-300)
+    assert result.trace.converged  # T undamped steps are exact whatever the tolerance
+    with pytest.warns(RuntimeWarning, match="max_iter=2 without converging"):
+        partial = run_parallel(cell, x, method=method, max_iter=2, tol=1e-300)
+    assert not partial.trace.converged
     torch.testing.assert_close(partial.h[:, :2], ref[:, :2], rtol=0, atol=1e-12)
     assert partial.trace.iterations == 2
 
@@ -185,7 +190,9 @@ def test_unstable_case_stays_finite_and_flags() -> None:
     torch.manual_seed(5)
     cell = SineCell(4)
     x = torch.randn(2, 400, 4)
-    result = run_parallel(cell, x, method="deer", max_iter=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # it may stop unconverged; that is flagged below
+        result = run_parallel(cell, x, method="deer", max_iter=30)
     assert torch.isfinite(result.h).all()
     assert result.trace.fell_back
     assert any(math.isnan(c) for c in result.trace.changes)  # the rejected non-finite step
@@ -240,3 +247,79 @@ def test_benchmark_rows_on_a_tiny_size() -> None:
     # diagonal cell: deer is the same computation as quasi_deer and is left out
     diag = benchmark(lengths=(64,), sizes=(4,), methods=("quasi_deer", "deer"), cell="diag_gru", repeats=1, progress=False)
     assert [row["method"] for row in diag] == ["quasi_deer"]
+
+
+def test_default_cap_converges_on_short_sequences_for_every_cell_and_method() -> None:
+    """Property sweep: random cells (all four kinds, random sizes and weight scales),
+    lengths 1-64, every method, float64, the default max_iter: every solve converges
+    without a warning and matches the sequential loop within 1e-8."""
+    rng = random.Random(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for case in range(48):
+            name = rng.choice(sorted(CELLS))
+            method = rng.choice(METHODS)
+            steps = rng.choice([1, 2, 3, 4, 5, rng.randint(6, 64)])
+            hidden, batch = rng.randint(1, 6), rng.randint(1, 3)
+            torch.manual_seed(case)
+            cell = make_cell(name, INPUT, hidden).double()
+            with torch.no_grad():
+                for p in cell.parameters():
+                    p.mul_(rng.choice([0.5, 1.0, 2.0, 3.0]))
+            x = 2 * torch.randn(batch, steps, INPUT, dtype=torch.float64)
+            h0 = torch.randn(batch, cell.state_size, dtype=torch.float64)
+            with torch.no_grad():
+                result = run_parallel(cell, x, h0, method=method)
+                ref = run_sequential(cell, x, h0)
+            label = f"case {case}: {name} {method} T={steps} H={hidden}"
+            assert result.trace.converged, label
+            assert float((result.h - ref).abs().max()) < 1e-8, label
+
+
+def test_elk_on_short_sequences_was_unconverged_at_t_iterations() -> None:
+    """The old default (max_iter = T) stopped damped solves early on short sequences;
+    it now warns and flags instead of returning the wrong states silently."""
+    cell, x, h0 = setup("gru", torch.float64)
+    x = x[:, :3]
+    with torch.no_grad():
+        with pytest.warns(RuntimeWarning, match="elk"):
+            capped = run_parallel(cell, x, h0, method="elk", max_iter=3)
+        ref = run_sequential(cell, x, h0)
+        default = run_parallel(cell, x, h0, method="elk")
+    assert not capped.trace.converged and default.trace.converged
+    assert float((capped.h - ref).abs().max()) > 1e-6
+    assert float((default.h - ref).abs().max()) < 1e-10
+
+
+@pytest.mark.parametrize("name,method", [("gru", "deer"), ("diag_lstm", "elk")])
+def test_compiled_path_equals_eager_outputs_and_gradients(name: str, method: str) -> None:
+    """compile=True (fused torch.compile'd evaluate / step / adjoint programs, the
+    elementwise dense scan, lambda as a tensor) against the eager path, float64."""
+    cell, x, h0 = setup(name, torch.float64)
+    eager = run_parallel(cell, x, h0, method=method)
+    compiled = run_parallel(cell, x, h0, method=method, compile=True)
+    assert compiled.trace.converged and compiled.trace.iterations == eager.trace.iterations
+    assert_close(compiled.h, eager.h, torch.float64)
+    weights = torch.randn_like(eager.h)
+    wrt = [x, h0, *cell.parameters()]
+    for got, want in zip(grads_of(compiled.h, weights, wrt), grads_of(eager.h, weights, wrt)):
+        assert_close(got, want, torch.float64)
+    with pytest.raises(ValueError, match="chunk"):
+        run_parallel(cell, x, h0, method=method, compile=True, chunk=4)
+
+
+def test_sequential_baselines_equal_the_plain_loop() -> None:
+    """The benchmark's baselines compute the same states as `run_sequential`: torch.nn.GRU
+    with the cell's weights, and the loop compiled as one scan program."""
+    from ponder.solvers.bench_time import compiled_sequential, torch_rnn
+
+    cell, x, _ = setup("gru", torch.float32, steps=20)
+    with torch.no_grad():
+        reference = run_sequential(cell, x)
+        torch.testing.assert_close(torch_rnn(cell)(x), reference, atol=1e-5, rtol=0)
+        torch.testing.assert_close(compiled_sequential(cell)(x), reference, atol=1e-5, rtol=0)
+    assert torch_rnn(make_cell("diag_gru", 3, 3)) is None and torch_rnn(make_cell("lstm", 3, 3)) is None
+    rows = benchmark(lengths=(32,), sizes=(4,), methods=("deer",), cell="gru", repeats=1, progress=False, baselines=("eager", "torch"))
+    assert rows[0]["speedup_torch"] == pytest.approx(rows[0]["seconds_torch"] / rows[0]["seconds_parallel"])
+    with pytest.raises(ValueError, match="baselines"):
+        benchmark(lengths=(32,), sizes=(4,), cell="gru", baselines=("jax",))

@@ -1,12 +1,21 @@
-"""Timing: Newton-in-time (parallel over T) against the sequential loop, forward only.
+"""Timing: Newton-in-time (parallel over T) against sequential loops, forward only.
 
 For each cell, sequence length T, size and method, `benchmark` runs `run_parallel` and
-`run_sequential` on the same random inputs (batch `batch`, input size = hidden size,
-PyTorch's default cell init, which contracts) under torch.no_grad() and reports the
-best of `repeats` wall-clock times after a warm-up (CUDA is synchronised around each
-timed call), the speedup sequential / parallel, the Newton iterations used and the
-max-abs difference between the two outputs. The sequential loop at T >= 50000 is timed
-once (it is the slow part and its run-to-run spread is small).
+the sequential baselines on the same random inputs (batch `batch`, input size = hidden
+size, PyTorch's default cell init, which contracts) under torch.no_grad() and reports
+the best of `repeats` wall-clock times after a warm-up (CUDA is synchronised around
+each timed call), the Newton iterations used and the max-abs difference from the eager
+loop's outputs. The eager loop at T >= 50000 is timed once (it is the slow part and its
+run-to-run spread is small). Baselines (`baselines`):
+
+eager     `run_sequential`: the plain Python loop over t (what `speedup` divides)
+compiled  the same loop as one torch.compile'd program (torch's scan operator, so the
+          loop is not unrolled): PyTorch's fastest loop for any cell
+torch     torch.nn.GRU with the cell's weights (gru only): the library's fused C++
+          loop (cuDNN on CUDA)
+
+`compile` adds, for each method, a row of the compiled Newton path
+(`run_parallel(..., compile=True)`; compiling happens in the warm-up, not the timing).
 
 Threads: every intra-op parallel tensor operation waits for all of torch's threads, so
 on a CPU shared with other jobs set torch.set_num_threads to the cores actually free.
@@ -33,6 +42,7 @@ from ponder.solvers.cells import CELLS, make_cell, run_parallel, run_sequential
 from ponder.solvers.newton import METHODS
 
 FIELDS = ("method", "T", "D", "dtype", "seconds_parallel", "seconds_sequential", "speedup", "iterations", "max_abs_err")
+BASELINES = ("eager", "compiled", "torch")
 DENSE_BUDGET = 2**25  # T * D^2 numbers per dense Jacobian
 SLOW_SEQUENTIAL = 50_000  # T from which the sequential loop is timed once
 
@@ -50,11 +60,15 @@ def benchmark(
     tol: float | None = None,
     progress: bool = True,
     seed: int = 0,
+    baselines: Sequence[str] = ("eager",),
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
-    """Rows with the FIELDS plus device, cell, batch, converged; see the module docstring.
+    """Rows with the FIELDS plus device, cell, batch, converged, compiled (the Newton
+    path) and, per extra baseline, `seconds_<baseline>` and `speedup_<baseline>` (None
+    where the baseline does not apply); see the module docstring.
 
     `sizes` are hidden sizes (D in the rows is the state size: 2 x hidden for LSTMs).
-    `max_iter` caps the Newton iterations (None: T, the exact-answer bound)."""
+    `max_iter` caps the Newton iterations (None: the solver's default)."""
     cells = (cell,) if isinstance(cell, str) else tuple(cell)
     for name in cells:
         if name not in CELLS:
@@ -64,13 +78,18 @@ def benchmark(
             raise ValueError(f"methods: expected names from {', '.join(METHODS)}, got {method!r}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for name in baselines:
+        if name not in BASELINES:
+            raise ValueError(f"baselines: expected names from {', '.join(BASELINES)}, got {name!r}")
     device = torch.device(device)
     rows: list[dict[str, Any]] = []
     with torch.no_grad():
         for name in cells:
             for hidden in sizes:
                 for steps in lengths:
-                    rows.extend(_one_setting(name, hidden, steps, methods, dtype, device, batch, repeats, max_iter, tol, progress, seed))
+                    rows.extend(_one_setting(
+                        name, hidden, steps, methods, dtype, device, batch, repeats, max_iter, tol, progress, seed, baselines, compile,
+                    ))
     return rows
 
 
@@ -87,6 +106,8 @@ def _one_setting(
     tol: float | None,
     progress: bool,
     seed: int,
+    baselines: Sequence[str] = ("eager",),
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     torch.manual_seed(seed)
     model = make_cell(name, hidden, hidden).to(device=device, dtype=dtype)
@@ -97,6 +118,17 @@ def _one_setting(
     run_sequential(model, x[:, : min(steps, 100)])  # warm-up
     seq_repeats = 1 if steps >= SLOW_SEQUENTIAL else repeats
     seconds_sequential, reference = _best_time(lambda: run_sequential(model, x), seq_repeats, device)
+    extra: dict[str, float | None] = {}
+    for baseline in baselines:
+        if baseline == "eager":
+            continue
+        loop = compiled_sequential(model) if baseline == "compiled" else torch_rnn(model)
+        if loop is None:
+            extra[baseline] = None
+            continue
+        loop(x)  # warm-up (compiles)
+        extra[baseline], out = _best_time(lambda: loop(x), repeats, device)
+        _say(progress, f"{baseline:<10} {label}: {extra[baseline]:.4f}s err {float((out - reference).abs().max()):.1e}")
 
     rows = []
     seen: dict[tuple[str, bool], str] = {}
@@ -112,33 +144,84 @@ def _one_setting(
             _say(progress, f"skip {method:<10} {label}: dense Jacobians need T*D^2 = {steps * dim * dim:.2e} > {DENSE_BUDGET:.2e} numbers")
             continue
 
-        def parallel() -> Any:
-            return run_parallel(model, x, method=method, max_iter=max_iter, tol=tol)
-
-        parallel()  # warm-up
-        seconds_parallel, result = _best_time(parallel, repeats, device)
-        row = {
-            "method": method,
-            "T": steps,
-            "D": dim,
-            "dtype": str(dtype).replace("torch.", ""),
-            "seconds_parallel": seconds_parallel,
-            "seconds_sequential": seconds_sequential,
-            "speedup": seconds_sequential / seconds_parallel,
-            "iterations": result.trace.iterations,
-            "max_abs_err": float((result.h - reference).abs().max()),
-            "device": str(device),
-            "cell": name,
-            "batch": batch,
-            "converged": result.trace.converged,
-        }
-        rows.append(row)
-        _say(
-            progress,
-            f"{method:<10} {label}: parallel {seconds_parallel:.4f}s sequential {seconds_sequential:.4f}s "
-            f"speedup {row['speedup']:.2f}x iterations {row['iterations']} err {row['max_abs_err']:.1e}",
-        )
+        for compiled in (False, True) if compile else (False,):
+            rows.append(_time_method(model, x, method, compiled, max_iter, tol, repeats, device, reference, seconds_sequential, extra, name, batch, progress, label))
     return rows
+
+
+def _time_method(
+    model: torch.nn.Module, x: torch.Tensor, method: str, compiled: bool, max_iter: int | None, tol: float | None, repeats: int,
+    device: torch.device, reference: torch.Tensor, seconds_sequential: float, extra: dict[str, float | None], name: str,
+    batch: int, progress: bool, label: str,
+) -> dict[str, Any]:
+    """One row: the Newton solve's best time against every baseline's."""
+
+    def parallel() -> Any:
+        return run_parallel(model, x, method=method, max_iter=max_iter, tol=tol, compile=compiled)
+
+    parallel()  # warm-up (compiles when `compiled`)
+    seconds_parallel, result = _best_time(parallel, repeats, device)
+    steps, dim = x.shape[1], model.state_size
+    row = {
+        "method": method,
+        "T": steps,
+        "D": dim,
+        "dtype": str(x.dtype).replace("torch.", ""),
+        "seconds_parallel": seconds_parallel,
+        "seconds_sequential": seconds_sequential,
+        "speedup": seconds_sequential / seconds_parallel,
+        "iterations": result.trace.iterations,
+        "max_abs_err": float((result.h - reference).abs().max()),
+        "device": str(device),
+        "cell": name,
+        "batch": batch,
+        "converged": result.trace.converged,
+        "compiled": compiled,
+    }
+    for baseline, seconds in extra.items():
+        row[f"seconds_{baseline}"] = seconds
+        row[f"speedup_{baseline}"] = None if seconds is None else seconds / seconds_parallel
+    _say(
+        progress,
+        f"{method + (' (compiled)' if compiled else ''):<21} {label}: parallel {seconds_parallel:.4f}s sequential {seconds_sequential:.4f}s "
+        f"speedup {row['speedup']:.2f}x iterations {row['iterations']} err {row['max_abs_err']:.1e}",
+    )
+    return row
+
+
+def compiled_sequential(cell: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The sequential loop as one torch.compile'd program: x (B, T, input) -> states (B, T, D).
+
+    torch's scan operator keeps the loop a loop (compiling a Python loop would unroll
+    all T steps), so the compiled step runs T times with no Python in between."""
+    from torch._higher_order_ops.scan import scan
+
+    def step(h: torch.Tensor, u_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = cell.update(h, u_t)  # (B, D)
+        return h, h.clone()  # the carry and the output may not alias
+
+    def loop(x: torch.Tensor) -> torch.Tensor:
+        u = cell.project(x)  # (B, T, P)
+        h0 = x.new_zeros(x.shape[0], cell.state_size)
+        return scan(step, h0, u, dim=1)[1]  # outputs stacked along dim 1: (B, T, D)
+
+    # each call makes a new program for one cell and shape; lift dynamo's limit of 8 per function
+    return torch._dynamo.config.patch(recompile_limit=1024)(torch.compile(loop, dynamic=False, fullgraph=True))
+
+
+def torch_rnn(cell: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """torch.nn.GRU carrying a GRUCell's weights (same equations and layout), as a
+    function x (B, T, input) -> states (B, T, D); None for other cells (torch.nn.LSTM
+    returns only the last cell state c, and the diagonal cells have no torch layer)."""
+    from ponder.solvers.cells import GRUCell
+
+    if type(cell) is not GRUCell:
+        return None
+    rnn = torch.nn.GRU(cell.input_size, cell.hidden_size, batch_first=True).to(cell.weight_hh)
+    with torch.no_grad():
+        for mine, theirs in (("weight_ih", "weight_ih_l0"), ("weight_hh", "weight_hh_l0"), ("bias_ih", "bias_ih_l0"), ("bias_hh", "bias_hh_l0")):
+            getattr(rnn, theirs).copy_(getattr(cell, mine))
+    return lambda x: rnn(x)[0]
 
 
 def _best_time(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[float, Any]:

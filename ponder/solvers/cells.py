@@ -158,8 +158,9 @@ class GRUCell(GatedCell):
             diag = c_r * w_r + c_z * w_z + c_n * w_n + z  # (..., H)
             return out, diag if kind == "diagonal" else torch.diag_embed(diag)
         w_r, w_z, w_n = self.weight_hh.chunk(3, dim=0)  # (H, H) each
-        jac = c_r[..., None] * w_r + c_z[..., None] * w_z + c_n[..., None] * w_n  # (..., H, H)
-        jac = jac + torch.diag_embed(z)
+        eye = torch.eye(self.hidden_size, dtype=h.dtype, device=h.device)
+        # z on the diagonal as a broadcast product (not diag_embed), so torch.compile fuses it
+        jac = c_r[..., None] * w_r + c_z[..., None] * w_z + c_n[..., None] * w_n + z[..., None] * eye  # (..., H, H)
         return out, jac
 
 

@@ -12,7 +12,8 @@ anderson    type-II Anderson acceleration: the next iterate mixes the last m ite
             step, Tikhonov-regularised. Exact in few steps on affine maps.
 broyden     quasi-Newton on g(z) = f(z) - z with "good" Broyden rank-one updates of the
             inverse Jacobian, kept as -I + U V^T with U, V of shape (B, n, k): memory
-            is O(n k), never n x n. After k = `history` updates H restarts from -I.
+            is O(n k), never n x n; a step costs O(n c) for the c filled slots. After
+            k = `history` updates H restarts from -I (and takes the new update).
             bad_broyden: the same with the "bad" Broyden update.
 
 Per-sample stopping: once a sample's relative residual ||f(z) - z|| / (||f(z)|| + eps)
@@ -67,6 +68,7 @@ class _Iteration:
 
     def __init__(self, damping: float) -> None:
         self.damping = damping
+        self.all_active = True
 
     def step(self, z: torch.Tensor, fz: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         return z + self.damping * (fz - z)  # (B, n)
@@ -83,12 +85,13 @@ class _Anderson:
         self.damping = damping
         self.regularisation = regularisation
         self.stored = 0
+        self.all_active = True  # set by the solve loop: no stopped samples to mask
 
     def step(self, z: torch.Tensor, fz: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         slot = self.stored % self.history
         self.xs[:, slot] = z
         # stopped samples store a zero residual so a non-finite f(z) never enters the system
-        self.fs[:, slot] = torch.where(active[:, None], fz, z)
+        self.fs[:, slot] = fz if self.all_active else torch.where(active[:, None], fz, z)
         self.stored += 1
         used = min(self.stored, self.history)
         xs, fs = self.xs[:, :used], self.fs[:, :used]  # (B, c, n)
@@ -117,8 +120,10 @@ class _Anderson:
         usable = (info == 0) & torch.isfinite(weights).all(dim=1)  # (B,)
         weights = torch.where(usable[:, None], weights, newest)
 
-        mixed_x = (weights[:, None, :] @ xs).squeeze(1)  # (B, n)
         mixed_f = (weights[:, None, :] @ fs).squeeze(1)  # (B, n)
+        if self.damping == 1.0:
+            return mixed_f  # undamped: the mixed iterate itself is never needed
+        mixed_x = (weights[:, None, :] @ xs).squeeze(1)  # (B, n)
         return mixed_x + self.damping * (mixed_f - mixed_x)
 
 
@@ -134,17 +139,24 @@ class _Broyden:
         self.rank = rank
         self.damping = damping
         self.good = good
+        self.all_active = True
         self.stored = 0
         self.prev_z: torch.Tensor | None = None  # (B, n)
         self.prev_g: torch.Tensor | None = None  # (B, n)
 
     def _h(self, x: torch.Tensor) -> torch.Tensor:
-        """H x for x of shape (B, n)."""
-        return -x + (self.us @ (self.vs.transpose(1, 2) @ x[..., None])).squeeze(-1)
+        """H x for x of shape (B, n); work proportional to the filled slots, not `rank`."""
+        if self.stored == 0:
+            return -x
+        us, vs = self.us[:, :, : self.stored], self.vs[:, :, : self.stored]  # (B, n, c)
+        return -x + (us @ (vs.transpose(1, 2) @ x[..., None])).squeeze(-1)
 
     def _h_transposed(self, x: torch.Tensor) -> torch.Tensor:
         """H^T x for x of shape (B, n)."""
-        return -x + (self.vs @ (self.us.transpose(1, 2) @ x[..., None])).squeeze(-1)
+        if self.stored == 0:
+            return -x
+        us, vs = self.us[:, :, : self.stored], self.vs[:, :, : self.stored]  # (B, n, c)
+        return -x + (vs @ (us.transpose(1, 2) @ x[..., None])).squeeze(-1)
 
     def step(self, z: torch.Tensor, fz: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         g = torch.where(active[:, None], fz - z, torch.zeros_like(z))  # (B, n)
@@ -156,8 +168,12 @@ class _Broyden:
     def _update(self, s: torch.Tensor, y: torch.Tensor, active: torch.Tensor) -> None:
         """Rank-one secant update making H y = s.
 
-        When all k slots are used, H restarts from -I: dropping only the oldest term
-        would break the secant conditions the later terms were built on."""
+        When all k slots are used, H restarts from -I before the update is computed, so
+        the first term of the fresh H is the update of -I (built from the old H it would
+        not satisfy H y = s). Dropping only the oldest term instead would break the
+        secant conditions the later terms were built on."""
+        if self.stored == self.rank:
+            self.stored = 0  # slots are overwritten from the first; unused ones are never read
         h_y = self._h(y)  # (B, n)
         if self.good:  # H += (s - H y) s^T H / (s^T H y)
             v = self._h_transposed(s)
@@ -170,10 +186,6 @@ class _Broyden:
         # skip samples that are stopped or whose update would be ill-conditioned
         ok = active & torch.isfinite(denom) & (denom.abs() > torch.finfo(s.dtype).eps * size) & (size > 0)
         u = (s - h_y) / torch.where(ok, denom, torch.ones_like(denom))[:, None]
-        if self.stored == self.rank:
-            self.us.zero_()
-            self.vs.zero_()
-            self.stored = 0
         slot = self.stored
         self.us[:, :, slot] = torch.where(ok[:, None], u, torch.zeros_like(u))
         self.vs[:, :, slot] = torch.where(ok[:, None], v, torch.zeros_like(v))
@@ -258,10 +270,15 @@ def _solve(
         rows.append(torch.where(healthy, res, best_res))
 
         active = ~(converged | diverged)
-        if not bool(active.any()) or k == max_iter - 1:
+        running = int(active.sum())
+        if running == 0 or k == max_iter - 1:
             break
-        z = torch.where(diverged[:, None], best_z, z)  # keep non-finite values out of the history
-        z = torch.where(active[:, None], stepper.step(z, fz, active), z)
+        # while every sample runs (the common case) the masks are no-ops: skip their copies
+        stepper.all_active = running == batch
+        if bool(diverged.any()):
+            z = torch.where(diverged[:, None], best_z, z)  # keep non-finite values out of the history
+        step = stepper.step(z, fz, active)
+        z = step if running == batch else torch.where(active[:, None], step, z)
 
     trace = SolverTrace(
         residuals=torch.stack(rows),

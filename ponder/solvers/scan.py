@@ -215,12 +215,15 @@ def _check(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> bool:
     return dense
 
 
-def _solve(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, chunk: int | None) -> torch.Tensor:
+def _solve(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, chunk: int | None, elementwise: bool = False) -> torch.Tensor:
+    """The scan without autograd; `elementwise` (dense only) writes the small matrix
+    products as broadcast multiply-sums, which torch.compile fuses into one loop per
+    level (4x faster than batched matmul at D = 4 on a CPU; see `ponder.solvers.newton`)."""
     dense = A.dim() == b.dim() + 1
     b = b.clone()
     if dense:
         b[..., 0, :] += (A[..., 0, :, :] @ h0[..., None]).squeeze(-1)
-        return _scan_dense(A, b)
+        return _scan_dense(A, b, elementwise)
     b[..., 0, :] += A[..., 0, :] * h0
     if chunk is not None:
         return _scan_chunked(A, b, chunk)
@@ -247,23 +250,39 @@ def _scan_diag(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _scan_dense(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _scan_dense(a: torch.Tensor, b: torch.Tensor, elementwise: bool = False) -> torch.Tensor:
     """h_t = a_t @ h_{t-1} + b_t from h_0 = 0, a (..., T, D, D), b (..., T, D)."""
     steps = b.shape[-2]
     if steps == 1:
         return b
+    mm, mv = (_mm_elementwise, _mv_elementwise) if elementwise else (torch.matmul, _mv)
     a_odd = a[..., 1::2, :, :]  # (..., T//2, D, D)
     pairs = a_odd.shape[-3]
-    pair_a = a_odd @ a[..., 0 : 2 * pairs : 2, :, :]
-    pair_b = (a_odd @ b[..., 0 : 2 * pairs : 2, :, None]).squeeze(-1) + b[..., 1::2, :]
-    odd = _scan_dense(pair_a, pair_b) if pairs > 1 else pair_b
+    pair_a = mm(a_odd, a[..., 0 : 2 * pairs : 2, :, :])
+    pair_b = mv(a_odd, b[..., 0 : 2 * pairs : 2, :]) + b[..., 1::2, :]
+    odd = _scan_dense(pair_a, pair_b, elementwise) if pairs > 1 else pair_b
     out = torch.empty_like(b)
     out[..., 1::2, :] = odd
     out[..., 0, :] = b[..., 0, :]
     rest = (steps - 1) // 2
     if rest:
-        out[..., 2::2, :] = (a[..., 2::2, :, :] @ odd[..., :rest, :, None]).squeeze(-1) + b[..., 2::2, :]
+        out[..., 2::2, :] = mv(a[..., 2::2, :, :], odd[..., :rest, :]) + b[..., 2::2, :]
     return out
+
+
+def _mv(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(..., D, D) matrices times (..., D) vectors by batched matmul."""
+    return (x @ v[..., None]).squeeze(-1)
+
+
+def _mm_elementwise(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(..., D, D) @ (..., D, D) as a broadcast multiply-sum (fused when compiled)."""
+    return (x[..., :, :, None] * y[..., None, :, :]).sum(-2)
+
+
+def _mv_elementwise(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(..., D, D) @ (..., D) as a broadcast multiply-sum (fused when compiled)."""
+    return (x * v[..., None, :]).sum(-1)
 
 
 def _scan_chunked(a: torch.Tensor, b: torch.Tensor, chunk: int) -> torch.Tensor:

@@ -57,7 +57,7 @@ class ModelConfig:
     solver_backward: str = "implicit"  # attractor: gradient through the equilibrium, implicit or phantom
     jacobian_weight: float = 0.0  # attractor: weight of the Jacobian (contraction) regulariser
     puzzle_embedding: bool = False  # a learned vector per puzzle identifier (HRM/TRM on ARC), trained by sparse sign-SGD
-    # causal language models (families gpt, recurrent-lm, ilr, attractor-lm; `layers` is gpt's and ilr's depth)
+    # causal language models (families gpt, recurrent-lm, ilr, attractor-lm, rnn-lm; `layers` is gpt's, ilr's and rnn-lm's depth)
     context: int = 64  # the longest text a language model reads at once (its window in training, its KV cache)
     block_style: str = "ponder"  # language models' layer: ponder (RMSNorm, SwiGLU, RoPE) or nanogpt (LayerNorm, GELU, learned positions, as nanoGPT)
     prelude_layers: int = 1  # recurrent-lm, attractor-lm: blocks that embed the text once
@@ -67,6 +67,8 @@ class ModelConfig:
     repeats: str = ""  # ilr: iterations of each layer, e.g. "2,1,1,1" (empty: once each)
     init_from: str = ""  # a trained non-recurrent model, a ponder gpt run folder or a GPT-2 folder (config.json + model.safetensors): recurrent-lm retrofits it, gpt trains it on
     retrofit_split: str = ""  # with init_from: its layers as "prelude,core,coda" counts, e.g. "1,2,1"
+    cell: str = "diag_gru"  # rnn-lm: the token mixer's cell, diag_gru or diag_lstm (ParaRNN's diagonal cells)
+    rnn_solver: str = "newton"  # rnn-lm: how the recurrence over positions is computed: newton (parallel, Newton-in-time) or sequential (a loop); the same result
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The names a config may use, read from the registries that own them (model families,
-halting rules, gradient modes, tasks, fixed-point solvers and their gradients), so no
-list is repeated in `ponder.config`."""
+halting rules, gradient modes, tasks, fixed-point solvers and their gradients, RNN
+cells and their solvers), so no list is repeated in `ponder.config`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def name_choices() -> dict[str, tuple[str, ...]]:
     from ponder.lm.text import TEXT_TASKS
     from ponder.models import REGISTRY
     from ponder.models.halting import LOOP_HALTING, READOUTS, SEGMENT_HALTING
+    from ponder.nn.blocks import RNN_CELLS, RNN_SOLVERS
     from ponder.solvers import BACKWARDS, GRAD_MODES, METHODS
     from ponder.tasks.builders import BUILDERS
 
@@ -25,6 +26,8 @@ def name_choices() -> dict[str, tuple[str, ...]]:
         "model.grad_mode": ("auto", *GRAD_MODES),  # auto: the family's own
         "model.solver": tuple(METHODS),
         "model.solver_backward": tuple(BACKWARDS),
+        "model.cell": RNN_CELLS,
+        "model.rnn_solver": RNN_SOLVERS,
         "task.name": tuple(BUILDERS) + tuple(TEXT_TASKS),
     }
 

@@ -22,6 +22,8 @@ RecurrentLM  prelude / recurrent core / coda ("Scaling up test-time compute with
              GPT's layers can be retrofitted into one (`ponder.lm.retrofit`).
 AttractorLM  the same parts, but the state is the fixed point s* = norm(core(adapter([s*, e])))
              found by a solver, with implicit gradients ("Solve the Loop: Attractor Models").
+RNNLM        GPT's trunk with a diagonal RNN in place of attention (recurrence in time, not
+             depth), trained in parallel over the sequence by Newton's method (ParaRNN).
 
 Shapes: B batch, T positions in this call, D hidden, V vocabulary.
 """
@@ -38,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ponder.models.depthrec import sample_iterations
-from ponder.nn.blocks import InputEmbedding, KVCache, RMSNorm, Stack, linear, make_norm
+from ponder.nn.blocks import RNN_CELLS, InputEmbedding, KVCache, RecurrentMixer, RMSNorm, Stack, linear, make_norm
 from ponder.solvers import BACKWARDS, METHODS, SolverTrace, fixed_point
 
 
@@ -79,7 +81,8 @@ class CausalLM(nn.Module):
     Architecture options, defaults first (GPT-2's choice in brackets): `norm_kind` "rms"
     ["layer"] with epsilon `norm_eps`, `mlp_kind` "swiglu" ["gelu", tanh approximation],
     `bias` False [True] on attention and MLP projections, `positions` "rope" ["learned":
-    a table of `context` vectors added to the token embedding], `embed_scale` True [False]
+    a table of `context` vectors added to the token embedding; "none": neither, for a
+    trunk whose mixer knows order by itself], `embed_scale` True [False]
     multiplies the embedding by sqrt(D). `common_args` records all of them, so a model
     of the same shape can be built from these flat arguments (`ponder.lm.retrofit`)."""
 
@@ -92,8 +95,8 @@ class CausalLM(nn.Module):
         embed_scale: bool = True, norm_eps: float = 1e-5,
     ):
         super().__init__()
-        if positions not in ("rope", "learned"):
-            raise ValueError(f"positions: expected 'rope' or 'learned', got {positions!r}")
+        if positions not in ("rope", "learned", "none"):
+            raise ValueError(f"positions: expected 'rope', 'learned' or 'none', got {positions!r}")
         self.vocab, self.context, self.hidden = vocab, context, hidden
         self.common_args = dict(
             hidden=hidden, heads=heads, expansion=expansion, mlp_multiple=mlp_multiple, norm_affine=norm_affine,
@@ -370,7 +373,62 @@ class AttractorLM(RecurrentLM):
         return eq.z, images[:evaluations], eq.trace, eq.jacobian_penalty
 
 
-LM_FAMILIES: dict[str, type[CausalLM]] = {"gpt": GPT, "ilr": ILR, "recurrent-lm": RecurrentLM, "attractor-lm": AttractorLM}
+class RNNLM(GPT):
+    """`layers` pre-norm blocks whose token mixer is a diagonal RNN (ParaRNN): block i is
+
+        h = h + out(cell_i(norm(h)) over t = 1..T)     # states h_t = f(h_{t-1}, x_t) from 0
+        h = h + mlp(norm(h))
+
+    with `cell` diag_gru or diag_lstm (`ponder.solvers.cells`; recurrent weights are
+    per-unit scalars, so the Jacobian in time is diagonal, or 2 x 2 blocks). An RNN is
+    causal and knows order by itself, hence no position encoding (`positions` "none";
+    GPT-2's "learned" table may still be added, harmlessly; RoPE is for attention only).
+
+    Why Newton: a nonlinear RNN's T steps depend on each other, so training loops over
+    the sequence. `rnn_solver="newton"` solves the whole trajectory as one system, each
+    Newton iteration a parallel scan, and backpropagates with one reverse scan (exact
+    gradients); "sequential" is the plain loop. Both give the same logits and gradients
+    (to the solver's tolerance), so the choice is one of speed and can be switched on a
+    trained model (`model.rnn_solver = ...`). See `ponder.nn.blocks.RecurrentMixer`.
+
+    Generation carries each layer's last state in the cache (`KVCache.states`), so a new
+    token costs one cell step per layer and the cache does not grow. Past the context the
+    window slides as for the other families: each step then recomputes the last
+    `context` tokens from a zero state, the distribution training saw."""
+
+    def __init__(
+        self, vocab: int, context: int, layers: int = 4, cell: str = "diag_gru", rnn_solver: str = "newton",
+        newton_iters: int = 50, newton_tol: float | None = None, positions: str = "none", **common,
+    ):
+        """`newton_iters`, `newton_tol`: the Newton solve's cap and tolerance (None: the
+        dtype's default). `common`: `CausalLM`'s arguments (`heads` is unused)."""
+        if cell not in RNN_CELLS:
+            raise ValueError(f"cell: expected one of {', '.join(RNN_CELLS)}, got {cell!r}")
+        if layers < 1:
+            raise ValueError(f"layers: expected >= 1, got {layers}")
+        super().__init__(vocab, context, layers=0, positions=positions, **common)  # no attention blocks: the RNN ones follow
+        self.stack_args.update(mixer="rnn", cell=cell)
+        self.blocks = self.make_stack(layers)
+        self.repeats = [1] * layers
+        self.cell = cell
+        for mixer in self.mixers():
+            mixer.configure(rnn_solver, newton_iters, newton_tol)
+
+    def mixers(self) -> list[RecurrentMixer]:
+        return [block.mix for block in self.blocks.blocks]
+
+    @property
+    def rnn_solver(self) -> str:
+        """How each mixer computes its recurrence: "newton" or "sequential"."""
+        return self.mixers()[0].solver
+
+    @rnn_solver.setter
+    def rnn_solver(self, value: str) -> None:
+        for mixer in self.mixers():
+            mixer.configure(value, mixer.newton_iters, mixer.newton_tol)
+
+
+LM_FAMILIES: dict[str, type[CausalLM]] = {"gpt": GPT, "ilr": ILR, "recurrent-lm": RecurrentLM, "attractor-lm": AttractorLM, "rnn-lm": RNNLM}
 
 
 def family_arguments(cls: type[CausalLM]) -> list[str]:
@@ -402,6 +460,6 @@ def parameter_count(model: nn.Module) -> int:
 
 
 __all__ = [
-    "AttractorLM", "CausalLM", "GPT", "ILR", "KVCache", "LMOutput", "LM_FAMILIES", "RecurrentLM",
+    "AttractorLM", "CausalLM", "GPT", "ILR", "KVCache", "LMOutput", "LM_FAMILIES", "RNNLM", "RecurrentLM",
     "build_lm", "family_arguments", "parameter_count", "r_for_step", "sample_token",
 ]

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ponder.errors import PonderInputError, read_json
-from ponder.lm.models import GPT, ILR, RecurrentLM
+from ponder.lm.models import GPT, ILR, RNNLM, RecurrentLM
 
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")  # Hugging Face's names for GELU's tanh approximation
 IGNORED_BUFFERS = (".attn.bias", ".attn.masked_bias")  # the causal mask older GPT-2 files store
@@ -147,7 +147,7 @@ def retrofit(
     initial state, and there is no state norm: with r = 1 and prelude + core + coda every
     layer once in order, the logits are the original model's. `mean_r`, `state_init_std`,
     `backprop_depth`: see `RecurrentLM`. The result has `gpt`'s dtype and device."""
-    if not isinstance(gpt, GPT):
+    if not isinstance(gpt, GPT) or isinstance(gpt, RNNLM):  # an RNNLM is GPT's trunk with RNN blocks, which a recurrent-lm core does not take
         raise PonderInputError(f"retrofit needs a GPT, got {type(gpt).__name__}")
     if isinstance(gpt, ILR) and any(n != 1 for n in gpt.repeats):
         raise PonderInputError(f"retrofit needs each layer applied once; this ILR repeats them {gpt.repeats}")

@@ -117,6 +117,8 @@ def lm_arguments(cfg) -> dict[str, Any]:
         return dict(common, layers=cfg.layers)
     if cfg.family == "ilr":
         return dict(common, layers=cfg.layers, repeats=parse_int_list(cfg.repeats) if cfg.repeats else None)
+    if cfg.family == "rnn-lm":
+        return dict(common, layers=cfg.layers, cell=cfg.cell, rnn_solver=cfg.rnn_solver)
     parts = dict(common, prelude_layers=cfg.prelude_layers, core_layers=cfg.core_layers, coda_layers=cfg.coda_layers,
                  state_init_std=cfg.state_init_std)
     if cfg.family == "recurrent-lm":

@@ -12,6 +12,9 @@ bias), `mlp_kind="gelu"` (the plain `proj(gelu_tanh(fc(x)))` MLP) and `bias=True
 on every projection), with learned positions in place of RoPE (`rope=False`, positions in
 `InputEmbedding`). This lets a trained GPT-2 run, unchanged, inside ponder's models.
 
+`mixer="rnn"` replaces attention by a diagonal RNN over the sequence (`RecurrentMixer`,
+ParaRNN's cells): causal by construction, and order-aware without a position encoding.
+
 Initialisation follows the HRM/TRM code: every linear layer's weight is drawn from a
 normal truncated at two standard deviations and rescaled so that its standard deviation
 is exactly 1/sqrt(fan_in) (truncated LeCun normal), biases start at zero, embeddings use
@@ -27,6 +30,9 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ponder.solvers.cells import make_cell, run_sequential
+from ponder.solvers.newton import NewtonTrace, solve_recurrence
 
 POSITIONS = ("auto", "rope", "learned", "none")  # auto: rope with attention, learned with the sequence MLP
 LEARNED_POSITION_SCALE = 0.707106781  # 1/sqrt(2): (token + position) keeps the variance of one
@@ -166,10 +172,15 @@ class KVCache:
     `length` after each forward, so every call site of one forward sees the same
     position offset; an entry whose length differs (a call site the earlier steps did not
     run) is an error, not a silent misplacement. `frozen()` makes attention read the
-    cache without storing (a fixed-point solver applying a block many times per step)."""
+    cache without storing (a fixed-point solver applying a block many times per step).
+
+    A recurrent token mixer keeps no keys: its state after the cached positions is all it
+    needs to go on, so its call site holds one (B, S) tensor in `states` (`last_state`,
+    `keep_state`), and the cache does not grow with the sequence."""
 
     def __init__(self) -> None:
         self.entries: dict[object, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.states: dict[object, tuple[int, torch.Tensor]] = {}  # recurrent mixers: (positions seen, last state (B, S))
         self.length = 0  # positions cached before the current forward
         self.write = True
         self.meta: dict[str, object] = {}  # what the entries were made with (e.g. the recurrence)
@@ -187,9 +198,23 @@ class KVCache:
             self.entries[key] = (k, v)
         return k, v
 
+    def last_state(self, key: object) -> torch.Tensor | None:
+        """A recurrent mixer's state (B, S) after the cached positions; None before the first."""
+        held = self.states.get(key)
+        have = 0 if held is None else held[0]
+        if have != self.length:
+            raise ValueError(f"recurrent state {key!r} follows {have} positions, expected {self.length}: every step must run the same call sites")
+        return None if held is None else held[1]
+
+    def keep_state(self, key: object, state: torch.Tensor, new: int) -> None:
+        """Store a recurrent mixer's state (B, S) after this forward's `new` positions, unless frozen."""
+        if self.write:
+            self.states[key] = (self.length + new, state)
+
     def nbytes(self) -> int:
-        """Bytes held by the stored keys and values."""
-        return sum(t.numel() * t.element_size() for pair in self.entries.values() for t in pair)
+        """Bytes held by the stored keys and values (and recurrent states)."""
+        kv = sum(t.numel() * t.element_size() for pair in self.entries.values() for t in pair)
+        return kv + sum(t.numel() * t.element_size() for _, t in self.states.values())
 
     @contextlib.contextmanager
     def frozen(self) -> Iterator["KVCache"]:
@@ -263,11 +288,81 @@ class SequenceMLP(nn.Module):
         return self.mlp(x.transpose(1, 2)).transpose(1, 2)  # (B, L, D) -> (B, D, L) -> (B, L, D)
 
 
+RNN_CELLS = ("diag_gru", "diag_lstm")  # ParaRNN's cells: elementwise recurrent weights, cheap exact Newton
+RNN_SOLVERS = ("newton", "sequential")
+NEWTON_METHOD = {"diag_gru": "quasi_deer", "diag_lstm": "deer"}  # exact Newton for each cell, in its cheapest layout
+
+
+class RecurrentMixer(nn.Module):
+    """Token mixing by a diagonal RNN over the sequence (ParaRNN): states
+    h_t = cell(h_{t-1}, x_t) from h_0 = 0, then a linear map of each state's output part
+    (the GRU's h; the LSTM's h of [h, c]) back to `dim`. Causal by construction, and the
+    recurrence carries order, so it needs no position encoding.
+
+    `solver` picks how the T steps are computed; both give the same states:
+    "newton"      all positions at once by Newton-in-time (`solve_recurrence`): each
+                  iteration is one parallel scan, O(log T) deep, and the gradient is one
+                  reverse scan. Exact Newton for both cells (`NEWTON_METHOD`: quasi_deer
+                  is exact for the diagonal GRU; the LSTM's [h, c] couples in 2 x 2 blocks,
+                  which deer solves), so few iterations suffice; at most `newton_iters`,
+                  stopping when the largest change is below `newton_tol` (None: the
+                  solver's default for the dtype).
+    "sequential"  the plain loop (`run_sequential`): T dependent steps, ordinary autograd.
+    A single new position (a generated token) is always one cell step.
+
+    With a `KVCache` the state after the cached positions is the starting state, and the
+    new last state is stored, so generation costs one cell step per token. The recurrence
+    runs in the weights' dtype outside autocast: a long chain of steps and Newton's
+    stopping test both need more than bfloat16. `trace`: the last Newton solve's."""
+
+    def __init__(
+        self, dim: int, cell: str = "diag_gru", solver: str = "newton", newton_iters: int = 50, newton_tol: float | None = None,
+        bias: bool = False,
+    ):
+        super().__init__()
+        if cell not in RNN_CELLS:
+            raise ValueError(f"cell: expected one of {', '.join(RNN_CELLS)}, got {cell!r}")
+        self.cell = make_cell(cell, dim, dim)
+        self.method = NEWTON_METHOD[cell]
+        self.out = linear(dim, dim, bias=bias)
+        self.configure(solver, newton_iters, newton_tol)
+        self.trace: NewtonTrace | None = None
+
+    def configure(self, solver: str, newton_iters: int = 50, newton_tol: float | None = None) -> None:
+        """Choose how the recurrence is computed (see the class); it changes no parameter."""
+        if solver not in RNN_SOLVERS:
+            raise ValueError(f"rnn_solver: expected one of {', '.join(RNN_SOLVERS)}, got {solver!r}")
+        if newton_iters < 1:
+            raise ValueError(f"newton_iters: expected >= 1, got {newton_iters}")
+        if newton_tol is not None and not newton_tol > 0:
+            raise ValueError(f"newton_tol: expected > 0 or None (the dtype's default), got {newton_tol}")
+        self.solver, self.newton_iters, self.newton_tol = solver, newton_iters, newton_tol
+
+    def states(self, x: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+        """The cell's states (B, T, S) on inputs x (B, T, D) from h0 (B, S) or zeros."""
+        if self.solver == "sequential" or x.shape[1] == 1:
+            return run_sequential(self.cell, x, h0)
+        result = solve_recurrence(self.cell, x, h0, method=self.method, max_iter=self.newton_iters, tol=self.newton_tol)
+        self.trace = result.trace
+        return result.h
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, key: object = None) -> torch.Tensor:
+        """x: (B, T, D) -> (B, T, D); with `cache`, x holds positions cache.length.. and
+        `key` names this call site's stored state."""
+        h0 = None if cache is None else cache.last_state(key)  # (B, S) or None
+        dtype = self.cell.weight_ih.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            h = self.states(x.to(dtype), h0)  # (B, T, S)
+        if cache is not None:
+            cache.keep_state(key, h[:, -1], x.shape[1])
+        return self.out(h[..., : self.cell.hidden_size].to(x.dtype))  # output part (B, T, D) -> (B, T, D)
+
+
 NORMS = ("post", "pre")
 
 
 class Block(nn.Module):
-    """Token mixer (attention or sequence MLP), then channel SwiGLU, each with a residual.
+    """Token mixer (attention, sequence MLP or RNN), then channel SwiGLU, each with a residual.
 
     norm="post" (HRM/TRM): `h = norm(h + f(h))`. After the sequence MLP the residual sum is
     normalised over the sequence axis, as HRM/TRM do (their mixer works on the (B, D, L)
@@ -279,13 +374,15 @@ class Block(nn.Module):
     `causal`: attention sees only earlier positions (not possible with the sequence MLP).
     `norm_kind`: "rms" or "layer" (see `make_norm`), with epsilon `norm_eps`. `mlp_kind`:
     "swiglu" or "gelu" (GPT-2's MLP; no convolution). `bias`: attention and channel-MLP
-    projections get biases. The defaults are HRM/TRM's block."""
+    projections get biases. `mixer="rnn"`: a `RecurrentMixer` with cell `cell` (causal
+    whatever `causal` says). The defaults are HRM/TRM's block."""
 
     def __init__(
         self, dim: int, heads: int, expansion: float, mixer: str, seq_len: int, rotary: Rotary | None,
         mask: torch.Tensor | None = None, mlp_multiple: int = 16, mlp_conv: int = 0,
         norm: str = "post", causal: bool = False, norm_affine: bool = False,
         norm_kind: str = "rms", mlp_kind: str = "swiglu", bias: bool = False, norm_eps: float = 1e-5,
+        cell: str = "diag_gru",
     ):
         super().__init__()
         if norm not in NORMS:
@@ -300,8 +397,10 @@ class Block(nn.Module):
             if causal:
                 raise ValueError("the sequence MLP mixes every position with every other: it cannot be causal")
             self.mix = SequenceMLP(seq_len, expansion, mlp_multiple)
+        elif mixer == "rnn":
+            self.mix = RecurrentMixer(dim, cell, bias=bias)
         else:
-            raise ValueError(f"mixer: expected 'attention' or 'mlp', got {mixer!r}")
+            raise ValueError(f"mixer: expected 'attention', 'mlp' or 'rnn', got {mixer!r}")
         self.pre = norm == "pre"
         if mlp_kind == "gelu":
             self.mlp = GeluMLP(dim, expansion, bias=bias)
@@ -324,24 +423,26 @@ class Block(nn.Module):
     def mixed(self, h: torch.Tensor, cache: KVCache | None, key: object) -> torch.Tensor:
         if cache is None:
             return self.mix(h)
-        if not isinstance(self.mix, Attention):
-            raise ValueError("a KV cache needs attention as the token mixer")
+        if not isinstance(self.mix, (Attention, RecurrentMixer)):
+            raise ValueError("a KV cache needs attention or an RNN as the token mixer")
         return self.mix(h, cache, key)
 
 
 class Stack(nn.Module):
     """`layers` blocks applied in order: the small network a recurrent model reuses.
-    `norm`, `causal`, `norm_affine`, `norm_kind`, `mlp_kind`, `bias`, `norm_eps`: see `Block`."""
+    `norm`, `causal`, `norm_affine`, `norm_kind`, `mlp_kind`, `bias`, `norm_eps`, `cell`:
+    see `Block`. RoPE applies to attention only."""
 
     def __init__(
         self, dim: int, heads: int, layers: int, expansion: float, mixer: str, seq_len: int, rope: bool,
         mask: torch.Tensor | None = None, mlp_multiple: int = 16, mlp_conv: int = 0,
         norm: str = "post", causal: bool = False, norm_affine: bool = False,
         norm_kind: str = "rms", mlp_kind: str = "swiglu", bias: bool = False, norm_eps: float = 1e-5,
+        cell: str = "diag_gru",
     ):
         super().__init__()
         rotary = Rotary(dim // heads, seq_len) if (rope and mixer == "attention") else None
-        kinds = dict(norm_kind=norm_kind, mlp_kind=mlp_kind, bias=bias, norm_eps=norm_eps)
+        kinds = dict(norm_kind=norm_kind, mlp_kind=mlp_kind, bias=bias, norm_eps=norm_eps, cell=cell)
         self.blocks = nn.ModuleList(
             Block(dim, heads, expansion, mixer, seq_len, rotary, mask, mlp_multiple, mlp_conv, norm, causal, norm_affine, **kinds)
             for _ in range(layers)

@@ -242,14 +242,16 @@ def run_sequential(cell: RecurrentCell, x: torch.Tensor, h0: torch.Tensor | None
     """Reference: states (B, T, D) from a plain loop h_t = f(h_{t-1}, x_t) over t.
 
     x is (B, T, input_size), h0 (B, D) or None (zeros). Ordinary autograd; the input
-    projection is done once for all t, as any fair sequential implementation would."""
+    projection is done once for all t, as any fair sequential implementation would, and
+    its steps are taken by `unbind` (indexing u[:, t] would make the backward write a
+    zero tensor the size of the whole sequence for every step: O(T^2))."""
     if x.dim() != 3:
         raise ValueError(f"x: expected shape (B, T, input_size), got {tuple(x.shape)}")
     h = x.new_zeros(x.shape[0], cell.state_size) if h0 is None else h0  # (B, D)
     u = cell.project(x)  # (B, T, P)
     out = []
-    for t in range(x.shape[1]):
-        h = cell.update(h, u[:, t])
+    for u_t in u.unbind(1):  # (B, P) each
+        h = cell.update(h, u_t)
         out.append(h)
     return torch.stack(out, dim=1)  # (B, T, D)
 

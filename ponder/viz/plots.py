@@ -1,4 +1,5 @@
-"""Plots of a run folder: training curves and accuracy vs thinking steps."""
+"""Plots of a run folder: training curves and accuracy vs thinking steps; loss curves
+of several runs side by side (a benchmark's comparison)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ def _figure(width: float, panels: int):
     return fig, fig.subplots(1, panels)
 
 
-def _save(fig, run_dir: Path) -> Path:
+def _save(fig, path: Path) -> Path:
+    """Write the figure to `path` (a PNG) by way of a temporary file, so a reader never sees half of one."""
     fig.tight_layout()
-    path = run_dir / PLOT
-    tmp = path.with_name("curves.tmp.png")
+    tmp = path.with_name(f"{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=110)
     tmp.replace(path)
     return path
@@ -64,7 +65,7 @@ def plot_run(run_dir: str | Path) -> Path:
     ax.set(xlabel="segments (thinking steps)", ylabel="exact accuracy", ylim=(0, 1.02), title="accuracy vs thinking steps")
     for a in axes:
         a.grid(alpha=0.3)
-    return _save(fig, run_dir)
+    return _save(fig, run_dir / PLOT)
 
 
 def plot_language_run(run_dir: Path, train: list, val: list, test: dict | None) -> Path:
@@ -87,4 +88,21 @@ def plot_language_run(run_dir: Path, train: list, val: list, test: dict | None) 
         axes[2].set(xlabel="test-time recurrence r", ylabel="validation loss", title="loss vs thinking depth")
     for a in axes:
         a.grid(alpha=0.3)
-    return _save(fig, run_dir)
+    return _save(fig, run_dir / PLOT)
+
+
+def plot_loss_curves(runs: dict[str, dict], path: str | Path, title: str = "") -> Path:
+    """Training and validation loss of several runs on shared axes, one line per run:
+    `runs[label]` holds "train" and "val" lists of [step, loss] pairs. Writes the PNG `path`."""
+    fig, axes = _figure(11, 2)
+    lines = ("-", "--", ":", "-.")  # runs that agree still show as distinct lines
+    for k, (label, run) in enumerate(runs.items()):
+        for ax, key, marker in ((axes[0], "train", ""), (axes[1], "val", "o")):
+            pairs = run.get(key) or []
+            ax.plot([p[0] for p in pairs], [p[1] for p in pairs], marker + lines[k % len(lines)], lw=1.2, ms=4 - k, label=label)
+    axes[0].set(xlabel="step", ylabel="loss (nats per token)", title=f"{title} training loss".strip())
+    axes[1].set(xlabel="step", ylabel="loss (nats per token)", title=f"{title} validation loss".strip())
+    for a in axes:
+        a.grid(alpha=0.3)
+        a.legend()
+    return _save(fig, Path(path))

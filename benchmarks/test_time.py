@@ -60,7 +60,7 @@ def exit_sweep(runs: list[str], tols: list[float]) -> tuple[list[dict], str]:
         cfg, model, device = api.load_trained(run)
         test = Split.from_arrays(load_dataset_for(cfg.task, splits=("test",)).splits["test"])
         S = cfg.train.eval_segments
-        preds, halts, changes = run_segments(model, test.inputs.to(device), S, autocast=cfg.train.autocast)
+        preds, halts, changes, _ = run_segments(model, test.inputs.to(device), S, autocast=cfg.train.autocast)
         exact = answer_correct(preds, test.labels[:, None, :])  # (N, S)
 
         def at(stop):  # (N,) segment index -> (accuracy, mean segments)

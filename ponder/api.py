@@ -21,13 +21,14 @@ from ponder.config import RunConfig, apply_values, build_config, load_yaml, pars
 from ponder.errors import PonderInputError
 from ponder.eval.breadth import evaluate_breadth
 from ponder.eval.evaluate import evaluate as evaluate_model
-from ponder.eval.evaluate import run_early_exit
+from ponder.eval.evaluate import ablation_ids, ablation_scores, run_early_exit, run_segments
+from ponder.eval.stopping import StopRule, calibrate
 from ponder.models import build_model, count_params
 from ponder.tasks import Split, load_dataset_for, scorer, sudoku
 from ponder.tasks.builders import get_builder
 from ponder.tasks.dataset import MANIFEST, load_dataset
 from ponder.registry import check_names
-from ponder.run_folder import CHECKPOINT, FolderLock, holds_work, load_config
+from ponder.run_folder import CHECKPOINT, FolderLock, holds_work, load_config, read_results
 from ponder.train.checkpoint import load_weights, read_checkpoint
 from ponder.train.distributed import launched, pick_device
 from ponder.train.loop import RESUMABLE_KEYS, check_config_matches, process_settings
@@ -66,7 +67,7 @@ def train(overrides: list[str] | None = None, preset: str | None = None, config:
 def evaluate(
     run: str, data: str | None = None, segments: int | None = None, split: str = "test", exit_tol: float | None = None,
     breadth: int = 1, init_noise: float = 0.5, langevin: float = 0.0, solver_iters: int | None = None,
-    recurrence: str | None = None,
+    recurrence: str | None = None, calibrate_halting: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a trained run (its EMA weights) with every segment's answer recorded (a
     language-model run: validation loss by test-time recurrence).
@@ -82,6 +83,7 @@ def evaluate(
         langevin: with breadth: scale of the noise added to those starts' state after every segment
         solver_iters: attractor runs: solver iterations per segment (0 removes the solver; default: the run's own)
         recurrence: language runs: test-time recurrences, comma-separated, e.g. 1,4,16,64 (default: the run's train.eval_recurrence)
+        calibrate_halting: also choose a stop rule on the run's validation split (ponder.eval.stopping) and report it, with its accuracy/segments trade-off curve, on this split
     """
     if is_language_run(run):
         return evaluate_language(run, recurrence)
@@ -121,11 +123,24 @@ def evaluate(
     if ids is not None and int(ids.max()) >= model.embed.puzzles.num_embeddings:
         raise PonderInputError(f"{data or run}: puzzle identifiers up to {int(ids.max())}, but the model's table has {model.embed.puzzles.num_embeddings}; evaluate on the dataset it was trained with")
     n_segments = check_segments(segments, cfg.train.eval_segments)
+    calibration = None
+    if calibrate_halting:
+        val = Split.from_arrays(load_dataset_for(cfg.task, splits=("val",)).splits["val"])
+        val_ids = None if ids is None else (val.ids if val.ids is not None else torch.zeros(len(val), dtype=torch.long))
+        val_record = run_segments(model, val.inputs.to(device), n_segments, autocast=cfg.train.autocast, ids=val_ids, **options)
+        calibration = calibrate(val_record, val.labels)
     result = evaluate_model(
         model, examples.inputs.to(device), examples.labels.to(device), n_segments, autocast=cfg.train.autocast,
         progress=sys.stderr.isatty(), ids=ids, depths=examples.extra.get("depth"), score=scorer(builder.score, examples, info),
-        exit_tol=exit_tol, **options,
+        exit_tol=exit_tol, calibration=calibration, **options,
     )
+    if cfg.model.puzzle_embedding:  # how much of the score the puzzle identifier alone carries
+        result.identifier_ablation = {
+            name: ablation_scores(evaluate_model(
+                model, examples.inputs.to(device), examples.labels.to(device), n_segments, autocast=cfg.train.autocast,
+                ids=other, score=scorer(builder.score, examples, info, None), **options))
+            for name, other in ablation_ids(ids, model.embed.puzzles.num_embeddings, cfg.train.seed).items()
+        }
     extra: dict[str, Any] = {}
     calls = model.calls_per_segment
     if cfg.model.family == "attractor":
@@ -285,6 +300,10 @@ def solve(run: str, puzzle: str, segments: int | None = None, exit_tol: float = 
         puzzle: 81 characters, row by row
         segments: most segments to think for (default: the run's train.eval_segments)
         exit_tol: also stop once the relative state change over a segment is below this (0: off)
+
+    The run's stop rule chosen on its validation split (`calibrated_halting` in its
+    results.json, written by `ponder train`) decides when to stop; a run without one
+    stops when its halting head says so.
     """
     if not 0 <= exit_tol < math.inf:
         raise PonderInputError(f"--exit-tol: expected a finite value >= 0, got {exit_tol}")
@@ -297,9 +316,11 @@ def solve(run: str, puzzle: str, segments: int | None = None, exit_tol: float = 
         raise PonderInputError(f"{run}: not a Sudoku model (task '{cfg.task.name}'); 'ponder solve' takes Sudoku runs")
     n_segments = check_segments(segments, cfg.train.eval_segments)
     tokens = torch.from_numpy(grid).long()[None].to(device)  # (1, 81)
-    halting = cfg.model.halting != "none"
+    rule = stop_rule_of(run, cfg.model.halting != "none")
+    if exit_tol > 0:
+        rule = dataclasses.replace(rule, exit_tol=exit_tol)
     ids = torch.zeros(1, dtype=torch.long, device=device) if cfg.model.puzzle_embedding else None
-    preds, used = run_early_exit(model, tokens, n_segments, autocast=cfg.train.autocast, halting=halting, ids=ids, exit_tol=exit_tol)
+    preds, used = run_early_exit(model, tokens, n_segments, autocast=cfg.train.autocast, ids=ids, rule=rule)
     answer, segments_used = preds[0].numpy(), int(used[0])
     valid = sudoku.is_solution(answer) and bool(((grid == 0) | (grid == answer)).all())
     return {
@@ -310,7 +331,20 @@ def solve(run: str, puzzle: str, segments: int | None = None, exit_tol: float = 
         "segments": segments_used,
         "network_calls": segments_used * model.calls_per_segment,
         "halted": segments_used < n_segments,
+        "stop_rule": rule.describe(),
     }
+
+
+def stop_rule_of(run: str | Path, halting: bool) -> StopRule:
+    """The stop rule a run's results chose on validation, else its halting head's own
+    (logit > 0; none for a run without halting)."""
+    chosen = ((read_results(Path(run)) or {}).get("calibrated_halting") or {}).get("rule")
+    if chosen is None:
+        return StopRule(halt_threshold=0.0 if halting else None)
+    try:
+        return StopRule.from_dict(chosen)
+    except (TypeError, ValueError) as e:
+        raise PonderInputError(f"{Path(run) / 'results.json'}: calibrated_halting.rule: {e}") from None
 
 
 def bench_solvers(

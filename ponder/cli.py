@@ -98,11 +98,12 @@ def add_verb(sub: argparse._SubParsersAction, name: str, fn: Callable, full_name
             parser.add_argument(f"--{pname}", type=typ, required=True, metavar=pname.upper(), help=text)
         elif param.default is inspect.Parameter.empty:
             parser.add_argument(pname, type=typ, help=text)
-        elif typ is bool:
-            parser.add_argument(f"--{pname}", action="store_true", help=text)
         else:
             flags = [f"-{pname}"] if len(pname) == 1 else sorted({f"--{pname.replace('_', '-')}", f"--{pname}"})  # --exit-tol or --exit_tol
-            parser.add_argument(*flags, dest=pname, type=typ, default=param.default, metavar=pname.upper(), help=text)
+            if typ is bool:
+                parser.add_argument(*flags, dest=pname, action="store_true", help=text)
+            else:
+                parser.add_argument(*flags, dest=pname, type=typ, default=param.default, metavar=pname.upper(), help=text)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.set_defaults(_fn=fn, _verb=full_name or name)
 
@@ -161,12 +162,30 @@ def show_scores(result: dict[str, Any]) -> None:
     print(f"  with halting:  exact accuracy {result['halting_accuracy']:.4f} using {result['mean_segments']:.2f} segments on average")
     if "converged_accuracy" in result:
         print(f"  exit on convergence: exact accuracy {result['converged_accuracy']:.4f} using {result['converged_segments']:.2f} segments on average")
+    if "calibrated_halting" in result:
+        show_calibration(result["calibrated_halting"])
     if "solver_iters" in result:
         print(f"  attractor solver: at most {result['solver_iters']} iterations per segment")
     show_curve(result["accuracy_by_segment"], result.get("accuracy_by_depth"))
     show_task_metrics(result.get("task_metrics"))
+    for name, scores in (result.get("identifier_ablation") or {}).items():
+        print(f"  with a {name} puzzle identifier: exact accuracy {scores['exact_accuracy']:.4f}")
+        show_task_metrics(scores.get("task_metrics"), indent="    ")
     if "breadth" in result:
         show_breadth(result["breadth"])
+
+
+def show_calibration(c: dict[str, Any], points: int = 12) -> None:
+    """The stop rule chosen on validation, its score here, and the trade-off curve."""
+    print(f"  stop rule chosen on validation ({c['describe']}):")
+    print(f"    exact accuracy {c['accuracy']:.4f} using {c['mean_segments']:.2f} segments on average "
+          f"(validation: {c['val_accuracy']:.4f} at {c['val_segments']:.2f}; all segments {c['val_all_segments']:.4f})")
+    frontier = c["frontier"]
+    step = max(1, -(-len(frontier) // points))
+    shown = frontier[::step] + ([frontier[-1]] if (len(frontier) - 1) % step else [])
+    print("    trade-off (validation frontier):  val segments  val acc   segments  accuracy   rule")
+    for p in shown:
+        print(f"    {'':33s}{p['val_segments']:>6.2f}  {p['val_accuracy']:>8.4f}  {p['segments']:>8.2f}  {p['accuracy']:>8.4f}   {p['describe']}")
 
 
 def show_curve(curve: list[float], by_depth: dict[str, list[float]] | None = None) -> None:
@@ -181,14 +200,14 @@ def show_curve(curve: list[float], by_depth: dict[str, list[float]] | None = Non
             print(f"    {int(d):5d} " + " ".join(f"{a:6.3f}" for a in by_depth[d]))
 
 
-def show_task_metrics(metrics: dict[str, Any] | None) -> None:
+def show_task_metrics(metrics: dict[str, Any] | None, indent: str = "  ") -> None:
     """The task's own scores, one line each (nested ones like ARC's pass@k flattened)."""
     for key, value in (metrics or {}).items():
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
         elif isinstance(value, float):
             value = f"{value:.4f}"
-        print(f"  {key.replace('_', ' ')}: {value}")
+        print(f"{indent}{key.replace('_', ' ')}: {value}")
 
 
 def show_eval(result: dict[str, Any]) -> None:
@@ -229,6 +248,10 @@ def show_breadth(b: dict[str, Any]) -> None:
         print("    segments " + "".join(f"{'k=' + str(k):>9}" for k in b["breadths"]))
         for s, row in enumerate(table, start=1):
             print(f"    {s:>8} " + "".join(f"{a:>9.4f}" for a in row))
+    if "first_halt_segments" in b:
+        print("  first_halt: mean segments each start runs (it stops all starts at the first halt)")
+        for s, row in enumerate(b["first_halt_segments"], start=1):
+            print(f"    {s:>8} " + "".join(f"{a:>9.2f}" for a in row))
 
 
 def show_solve(result: dict[str, Any]) -> None:
@@ -238,6 +261,8 @@ def show_solve(result: dict[str, Any]) -> None:
     verdict = "a valid solution" if result["valid"] else "NOT a valid solution"
     how = "halted" if result["halted"] else "stopped at the segment limit"
     print(f"{verdict}; {how} after {result['segments']} segment(s) = {result['network_calls']} network calls")
+    if result.get("stop_rule"):
+        print(f"stop rule: {result['stop_rule']}")
     if not result.get("unique", True):
         print("note: this puzzle has several solutions (a proper Sudoku has one); any of them counts as valid")
 

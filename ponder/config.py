@@ -118,8 +118,11 @@ class TrainConfig:
     ema_ramp: bool = True  # the decay ramps up as min(ema, (1 + t) / (10 + t)) over the first updates; false: constant (the TRM code)
     decay_vectors: bool = False  # weight decay on 1-D parameters (biases, vectors) too, as the HRM/TRM code does; false: matrices only
     loss: str = "ce"  # "ce" or "stablemax"
+    loss_target: str = "label"  # label: the stored answer; nearest: the right answer nearest the model's prediction, for tasks with several (maze-hard: any shortest path)
     halt_loss_weight: float = 0.5
     halt_explore_prob: float = 0.1  # chance an example gets a random minimum segment count
+    wta_starts: int = 1  # winner-take-all: K latent starts per example (start 1 plain, the others with noise on the initial latents); only each example's lowest-loss start is trained (1: off; shrinking batches)
+    wta_noise: float = 0.5  # with wta_starts > 1: scale of the Gaussian noise on the initial latents of starts 2..K
     eval_every: int = 250  # steps between validation runs
     checkpoint_every: int = 250  # steps between checkpoints
     checkpoint_minutes: float = 0.0  # also checkpoint after this much wall time since the last one (0: only by steps)
@@ -160,6 +163,7 @@ _CHOICES = {
     ("train", "optimizer"): ("adamatan2", "adamw"),
     ("train", "lr_schedule"): ("cosine", "constant"),
     ("train", "loss"): ("ce", "stablemax"),
+    ("train", "loss_target"): ("label", "nearest"),
     ("train", "autocast"): ("auto", "none", "bfloat16"),
     ("train", "batching"): ("auto", "shrink", "refill"),
     ("train", "checkpoint_moments"): ("float32", "bfloat16"),

@@ -22,12 +22,12 @@ def test_breadths():
 def test_start_zero_is_the_plain_run_and_noise_moves_the_others():
     model = tiny()
     tokens = torch.randint(0, 10, (5, 9))
-    preds, residuals = run_starts(model, tokens, segments=3, starts=4, init_noise=2.0, langevin=0.5, batch_size=8)
-    assert preds.shape == (5, 4, 3, 9) and residuals.shape == (5, 4, 3)
-    plain, _, changes = run_segments(model, tokens, 3)
-    assert torch.equal(preds[:, 0], plain) and torch.allclose(residuals[:, 0], changes)
+    preds, residuals, halts = run_starts(model, tokens, segments=3, starts=4, init_noise=2.0, langevin=0.5, batch_size=8)
+    assert preds.shape == (5, 4, 3, 9) and residuals.shape == (5, 4, 3) == halts.shape
+    plain, plain_halts, changes, _ = run_segments(model, tokens, 3)
+    assert torch.equal(preds[:, 0], plain) and torch.allclose(residuals[:, 0], changes) and torch.allclose(halts[:, 0], plain_halts)
     assert not torch.equal(preds[:, 1:], preds[:, :1].expand(-1, 3, -1, -1))
-    again, _ = run_starts(model, tokens, segments=3, starts=4, init_noise=2.0, langevin=0.5, batch_size=8)
+    again, _, _ = run_starts(model, tokens, segments=3, starts=4, init_noise=2.0, langevin=0.5, batch_size=8)
     assert torch.equal(again, preds)  # seeded
 
 
@@ -45,7 +45,7 @@ def test_selection_rules():
 def test_breadth_table_against_direct_counts():
     model = tiny()
     tokens = torch.randint(0, 10, (6, 9))
-    preds, residuals = run_starts(model, tokens, segments=2, starts=3, init_noise=2.0)
+    preds, residuals, _ = run_starts(model, tokens, segments=2, starts=3, init_noise=2.0)
     labels = preds[:, 2, 1].clone()  # start 2's final answers are "right"
     labels[3:] = preds[3:, 0, 1]  # ... except for the last 3 puzzles, where start 0's are
     result = evaluate_breadth(model, tokens, labels, segments=2, starts=3, init_noise=2.0)
@@ -56,3 +56,34 @@ def test_breadth_table_against_direct_counts():
     assert result.accuracy["oracle"][1][-1] == 1.0
     pick = residuals[:, :, 1].argmin(1)
     assert result.accuracy["residual"][1][-1] == round(float(right[torch.arange(6), pick, 1].float().mean()), 6)
+
+
+def test_first_to_halt_picks_the_earliest_halting_start():
+    from ponder.eval.breadth import first_to_halt
+
+    halts = torch.tensor([
+        [[-1.0, 2.0, 3.0], [-1.0, -1.0, 5.0], [-1.0, 1.0, 0.5]],  # starts 0 and 2 halt at segment 1: 0 is surer
+        [[-3.0, -2.0, -1.0], [-4.0, -3.0, -0.5], [-2.0, -2.0, -2.0]],  # none halts: the highest last logit (start 1)
+    ])  # (N=2, k=3, s=3)
+    when, pick = first_to_halt(halts)
+    assert when.tolist() == [1, 2] and pick.tolist() == [0, 1]
+
+
+def test_first_halt_with_one_start_is_the_plain_halting_rule():
+    """k = 1: the first start to halt is the plain run stopped by its own head, capped
+    at each segment limit, which is StopRule(halt_threshold=0, max_segments=s)."""
+    from ponder.eval.stopping import StopRule, score_rule
+
+    model = tiny()
+    with torch.no_grad():
+        model.halt_head.bias.fill_(0.0)
+        model.halt_head.weight.normal_(0, 0.5)
+    tokens = torch.randint(0, 10, (12, 9))
+    record = run_segments(model, tokens, 4)
+    labels = record.preds[:, 2].clone()
+    result = evaluate_breadth(model, tokens, labels, segments=4, starts=2, init_noise=1.0)
+    for s in range(4):
+        accuracy, used = score_rule(StopRule(halt_threshold=0.0, max_segments=s + 1), record, labels)
+        assert result.accuracy["first_halt"][s][0] == round(accuracy, 6)
+        assert result.first_halt_segments[s][0] == round(used, 4)
+        assert result.first_halt_segments[s][1] <= s + 1

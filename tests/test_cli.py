@@ -32,6 +32,8 @@ def test_train_writes_a_complete_run_folder(tiny_run):
     assert log[0]["event"] == "start" and {"ponder", "git", "torch", "device"} <= set(log[0]["env"])
     assert [r["step"] for r in log if r["event"] == "val"] == [2, 4]
     assert log[-1]["event"] == "test"
+    chosen = json.loads((tiny_run / "results.json").read_text())["calibrated_halting"]  # a stop rule chosen on validation
+    assert {"rule", "accuracy", "mean_segments", "val_accuracy", "frontier"} <= set(chosen) and chosen["frontier"]
 
 
 def test_eval_json(tiny_run, capsys):
@@ -47,10 +49,18 @@ def test_eval_convergence_exit_and_breadth(tiny_run, capsys):
     result = json.loads(out)
     assert code == 0 and 1 <= result["converged_segments"] <= 3 and 0 <= result["converged_accuracy"] <= 1
     b = result["breadth"]
-    assert b["breadths"] == [1, 2, 3] and set(b["accuracy"]) == {"residual", "vote", "oracle"}
+    assert b["breadths"] == [1, 2, 3] and set(b["accuracy"]) == {"residual", "vote", "first_halt", "oracle"}
     assert [row[0] for row in b["accuracy"]["vote"]] == result["accuracy_by_segment"]  # breadth 1 = the plain run
     code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 2, "--exit_tol", 1e-2, "--breadth", 2)
     assert code == 0 and "exit on convergence" in out and "residual:" in out and "k=2" in out
+
+
+def test_eval_calibrates_a_stop_rule_on_validation(tiny_run, capsys):
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 3, "--calibrate-halting", "--json")
+    c = json.loads(out)["calibrated_halting"]
+    assert code == 0 and 1 <= c["mean_segments"] <= 3 and c["val_accuracy"] >= c["val_all_segments"]
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 3, "--calibrate_halting")
+    assert code == 0 and "stop rule chosen on validation" in out and "trade-off" in out
 
 
 def test_bench_solvers_json(capsys):
@@ -78,6 +88,8 @@ def test_solve(tiny_run, capsys):
     puzzle = sudoku.format_grid(sudoku.generate(1, 30, seed=1)[0][0])
     code, out, _ = run_cli(capsys, "solve", tiny_run, puzzle)
     assert code == 0 and "segment" in out and "|" in out
+    chosen = json.loads((tiny_run / "results.json").read_text())["calibrated_halting"]["describe"]
+    assert f"stop rule: {chosen}" in out  # the rule the run chose on validation
     code, out, _ = run_cli(capsys, "solve", tiny_run, puzzle, "--json")
     result = json.loads(out)
     assert code == 0 and len(result["solution"]) == 81 and isinstance(result["valid"], bool) and result["segments"] >= 1

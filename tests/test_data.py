@@ -170,9 +170,20 @@ def test_arc_and_maze_runs_report_their_own_scores(fake_benchmarks, tmp_path):
     assert set(metrics["pass@1"]) == {"task", "input", "tasks"} and metrics["pass@1"]["tasks"] == 2
     submission = json.loads((tmp_path / "arc" / "submission.json").read_text())
     assert sorted(submission) == ["1e0", "1e1"] and set(submission["1e0"][0]) == {"attempt_1", "attempt_2"}
+    ablation = result["identifier_ablation"]  # the scores with a blank and a random puzzle identifier
+    assert set(ablation) == {"blank", "random"} and all(set(a["task_metrics"]["pass@1"]) == {"task", "input", "tasks"} for a in ablation.values())
+    assert json.loads((tmp_path / "arc" / "submission.json").read_text()) == submission  # the ablations write no submission
+    evaluated = api.evaluate(str(tmp_path / "arc"), segments=1)
+    assert evaluated["identifier_ablation"] == ablation
+    assert evaluated["task_metrics"] == {k: v for k, v in metrics.items() if k != "submission"}  # eval writes no submission
+    held_out = api.train(small + ["task.augmentations=3", "task.concept_arc=false", "task.eval_demos=false"], preset="trm-arc-agi-1",
+                         out=str(tmp_path / "arc-held-out"), progress=False)
+    assert held_out["task_metrics"]["trained_on_eval_demonstrations"] is False and "identifier_ablation" in held_out
     maze_run = api.train(small + ["task.val_size=2"], preset="trm-maze-hard", out=str(tmp_path / "maze"), progress=False)
     assert 0 <= maze_run["task_metrics"]["valid_path_accuracy"] <= 1 and maze_run["n"] == 4
     assert api.evaluate(str(tmp_path / "maze"), segments=1)["task_metrics"] == maze_run["task_metrics"]
+    any_path = api.train(small + ["task.val_size=2", "train.loss_target=nearest"], preset="trm-maze-hard", out=str(tmp_path / "maze-any"), progress=False)
+    assert 0 <= any_path["task_metrics"]["valid_path_accuracy"] <= 1
     puzzles = tmp_path / "p.txt"
     puzzles.write_text(sudoku.format_grid(fake_benchmarks[0][0]) + "\n")
     with pytest.raises(PonderInputError, match="a Sudoku file .* does not fit this model"):

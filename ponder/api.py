@@ -83,7 +83,7 @@ def evaluate(
         langevin: with breadth: scale of the noise added to those starts' state after every segment
         solver_iters: attractor runs: solver iterations per segment (0 removes the solver; default: the run's own)
         recurrence: language runs: test-time recurrences, comma-separated, e.g. 1,4,16,64 (default: the run's train.eval_recurrence)
-        calibrate_halting: also choose a stop rule on the run's validation split (ponder.eval.stopping) and report it, with its accuracy/segments trade-off curve, on this split
+        calibrate_halting: also choose a stop rule on a validation split (that of --data when it is a dataset folder with one, else the run's own; ponder.eval.stopping) and report it, with its accuracy/segments trade-off curve, on this split
     """
     if is_language_run(run):
         return evaluate_language(run, recurrence)
@@ -104,7 +104,8 @@ def evaluate(
             raise PonderInputError(f"--solver-iters: expected >= 0, got {solver_iters}")
         options["solver_iters"] = solver_iters
     info: dict[str, Any] = {}  # the dataset's task metadata (a Sudoku file has none)
-    if data and not (Path(data) / MANIFEST).is_file():
+    file_given = bool(data) and not (Path(data) / MANIFEST).is_file()
+    if file_given:
         puzzles, solutions = sudoku.read_puzzles(data)
         examples, source = Split(torch.from_numpy(puzzles).long(), torch.from_numpy(solutions).long()), str(data)
         builder, shape = get_builder("sudoku"), ("Sudoku file", sudoku.VOCAB, sudoku.SIZE)
@@ -124,8 +125,9 @@ def evaluate(
         raise PonderInputError(f"{data or run}: puzzle identifiers up to {int(ids.max())}, but the model's table has {model.embed.puzzles.num_embeddings}; evaluate on the dataset it was trained with")
     n_segments = check_segments(segments, cfg.train.eval_segments)
     calibration = None
-    if calibrate_halting:
-        val = Split.from_arrays(load_dataset_for(cfg.task, splits=("val",)).splits["val"])
+    if calibrate_halting:  # on the validation split of --data when it has one, else of the run's own data
+        folder = dataset if data and not file_given and "val" in dataset.splits else load_dataset_for(cfg.task, splits=("val",))
+        val = Split.from_arrays(folder.splits["val"])
         val_ids = None if ids is None else (val.ids if val.ids is not None else torch.zeros(len(val), dtype=torch.long))
         val_record = run_segments(model, val.inputs.to(device), n_segments, autocast=cfg.train.autocast, ids=val_ids, **options)
         calibration = calibrate(val_record, val.labels)

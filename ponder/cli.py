@@ -170,7 +170,7 @@ def show_scores(result: dict[str, Any]) -> None:
     show_task_metrics(result.get("task_metrics"))
     for name, scores in (result.get("identifier_ablation") or {}).items():
         print(f"  with a {name} puzzle identifier: exact accuracy {scores['exact_accuracy']:.4f}")
-        show_task_metrics(scores.get("task_metrics"), indent="    ")
+        show_task_metrics({k: v for k, v in (scores.get("task_metrics") or {}).items() if isinstance(v, (float, dict))}, indent="    ")
     if "breadth" in result:
         show_breadth(result["breadth"])
 
@@ -179,7 +179,7 @@ def show_calibration(c: dict[str, Any], points: int = 12) -> None:
     """The stop rule chosen on validation, its score here, and the trade-off curve."""
     print(f"  stop rule chosen on validation ({c['describe']}):")
     print(f"    exact accuracy {c['accuracy']:.4f} using {c['mean_segments']:.2f} segments on average "
-          f"(validation: {c['val_accuracy']:.4f} at {c['val_segments']:.2f}; all segments {c['val_all_segments']:.4f})")
+          f"(validation, {c['val_n']} examples: {c['val_accuracy']:.4f} at {c['val_segments']:.2f}; all segments {c['val_all_segments']:.4f})")
     frontier = c["frontier"]
     step = max(1, -(-len(frontier) // points))
     shown = frontier[::step] + ([frontier[-1]] if (len(frontier) - 1) % step else [])

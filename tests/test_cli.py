@@ -55,12 +55,18 @@ def test_eval_convergence_exit_and_breadth(tiny_run, capsys):
     assert code == 0 and "exit on convergence" in out and "residual:" in out and "k=2" in out
 
 
-def test_eval_calibrates_a_stop_rule_on_validation(tiny_run, capsys):
+def test_eval_calibrates_a_stop_rule_on_validation(tiny_run, capsys, tmp_path):
     code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 3, "--calibrate-halting", "--json")
     c = json.loads(out)["calibrated_halting"]
     assert code == 0 and 1 <= c["mean_segments"] <= 3 and c["val_accuracy"] >= c["val_all_segments"]
     code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 3, "--calibrate_halting")
     assert code == 0 and "stop rule chosen on validation" in out and "trade-off" in out
+    assert c["val_n"] == 16  # the run's own validation split
+    folder = tmp_path / "data"
+    assert api.data_build("sudoku", ["task.blanks=20", "task.train_size=4", "task.val_size=24", "task.test_size=8"], out=str(folder), progress=False)
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--data", folder, "--segments", 2, "--calibrate-halting", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["n"] == 8 and result["calibrated_halting"]["val_n"] == 24  # the folder's validation split
 
 
 def test_bench_solvers_json(capsys):

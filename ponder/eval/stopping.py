@@ -97,7 +97,7 @@ class StopRule:
             parts.append(f"answer unchanged and every position p > {self.confidence:g}")
         if self.exit_tol is not None:
             parts.append(f"state change < {self.exit_tol:g}")
-        limit = f"at most {self.max_segments} segments" if self.max_segments is not None else "the segment limit"
+        limit = "the segment limit" if self.max_segments is None else f"at most {self.max_segments} segment{'s' if self.max_segments > 1 else ''}"
         return (" or ".join(parts) + f"; {limit}") if parts else limit
 
     def to_dict(self) -> dict:
@@ -125,6 +125,7 @@ class Calibration:
     val_accuracy: float  # its validation accuracy
     val_segments: float  # its mean segments on validation
     val_all_segments: float  # validation accuracy after every segment
+    val_n: int  # validation examples it was chosen on
     tolerance: float
     frontier: list[dict]  # the Pareto frontier on validation: rule, val accuracy, val segments (ascending)
 
@@ -156,7 +157,7 @@ def calibrate(record: SegmentRecord, labels: torch.Tensor, tolerance: float = 0.
             best = acc
             frontier.append({"rule": rule.to_dict(), "describe": rule.describe(), "val_accuracy": round(acc, 6), "val_segments": round(segs, 4)})
     segs, acc, rule = next(t for t in scored if t[1] >= full - tolerance - 1e-9)
-    return Calibration(rule, acc, segs, full, tolerance, frontier)
+    return Calibration(rule, acc, segs, full, int(record.preds.shape[0]), tolerance, frontier)
 
 
 def apply_calibration(calibration: Calibration, record: SegmentRecord, labels: torch.Tensor) -> dict:

@@ -632,14 +632,12 @@ class Trainer(TrainerBase):
         trained_tok = loss_tok if starts_of is None else loss_tok[winners(loss_tok.detach(), starts_of)]  # (examples,)
         correct = answer_correct(out.logits.argmax(-1), labels)  # (b,)
         rule = self.model.halt_head
-        next_q = None
-        if rule.bootstraps:
 
-            def next_q():  # the next segment's Q values, as in HRM
-                with torch.no_grad(), autocast_context(self.device, tc.autocast):
-                    return self.bootstrap(tokens, tuple(s.detach() for s in out.state), ids).q_logits
+        def next_q():  # the next segment's Q values, as in HRM (asked for only by rules that bootstrap)
+            with torch.no_grad(), autocast_context(self.device, tc.autocast):
+                return self.bootstrap(tokens, tuple(s.detach() for s in out.state), ids).q_logits
 
-        halt_loss = rule.loss(out.halt_logits, out.q_logits, correct, next_q, is_last)  # (b,)
+        halt_loss = rule.loss(out.halt_logits, out.q_logits, correct, next_q if rule.bootstraps else None, is_last)  # (b,)
         loss = trained_tok.mean() + tc.halt_loss_weight * halt_loss.mean()
         if out.aux_loss is not None:
             loss = loss + out.aux_loss.mean()

@@ -169,7 +169,7 @@ def show_scores(result: dict[str, Any]) -> None:
     show_curve(result["accuracy_by_segment"], result.get("accuracy_by_depth"))
     show_task_metrics(result.get("task_metrics"))
     for name, scores in (result.get("identifier_ablation") or {}).items():
-        print(f"  with a {name} puzzle identifier: exact accuracy {scores['exact_accuracy']:.4f}")
+        print(f"  with a {name} puzzle identifier: exact accuracy {scores['exact_accuracy']:.4f}   cell accuracy {scores['cell_accuracy']:.4f}")
         show_task_metrics({k: v for k, v in (scores.get("task_metrics") or {}).items() if isinstance(v, (float, dict))}, indent="    ")
     if "breadth" in result:
         show_breadth(result["breadth"])

@@ -172,6 +172,7 @@ def test_arc_and_maze_runs_report_their_own_scores(fake_benchmarks, tmp_path):
     assert sorted(submission) == ["1e0", "1e1"] and set(submission["1e0"][0]) == {"attempt_1", "attempt_2"}
     ablation = result["identifier_ablation"]  # the scores with a blank and a random puzzle identifier
     assert set(ablation) == {"blank", "random"} and all(set(a["task_metrics"]["pass@1"]) == {"task", "input", "tasks"} for a in ablation.values())
+    assert all(0 <= a["cell_accuracy"] <= 1 for a in ablation.values())
     assert json.loads((tmp_path / "arc" / "submission.json").read_text()) == submission  # the ablations write no submission
     evaluated = api.evaluate(str(tmp_path / "arc"), segments=1)
     assert evaluated["identifier_ablation"] == ablation
@@ -207,3 +208,15 @@ def test_accuracy_by_depth_matches_a_direct_count():
         rows = depths == d
         assert result.accuracy_by_depth[str(d)][0] == pytest.approx(float(answer_correct(preds[rows], labels[rows]).float().mean()))
     assert set(result.cell_accuracy_by_depth) == {"1", "2", "3"}
+
+
+def test_ablation_identifiers_are_blank_or_random_learned_rows():
+    from ponder.eval.evaluate import ablation_ids
+
+    ids = torch.arange(1, 41)
+    swapped = ablation_ids(ids, table_size=50, seed=3)
+    assert torch.equal(swapped["blank"], torch.zeros_like(ids))
+    random = swapped["random"]
+    assert random.dtype == ids.dtype and 1 <= int(random.min()) and int(random.max()) < 50 and not torch.equal(random, ids)
+    assert torch.equal(random, ablation_ids(ids, table_size=50, seed=3)["random"])  # seeded
+    assert torch.equal(ablation_ids(ids, table_size=1)["random"], torch.zeros_like(ids))  # no learned rows: blank

@@ -183,5 +183,6 @@ def ablation_ids(ids: torch.Tensor, table_size: int, seed: int = 0) -> dict[str,
 
 
 def ablation_scores(result: EvalResult) -> dict:
-    """What an identifier ablation keeps of an evaluation: exact accuracy and the task's own scores."""
-    return {"exact_accuracy": result.exact_accuracy, **({"task_metrics": result.task_metrics} if result.task_metrics else {})}
+    """What an identifier ablation keeps of an evaluation: exact and cell accuracy and the task's own scores."""
+    scores = {"exact_accuracy": result.exact_accuracy, "cell_accuracy": result.cell_accuracy}
+    return {**scores, **({"task_metrics": result.task_metrics} if result.task_metrics else {})}

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -48,6 +49,13 @@ def single(tmp_path_factory):
 def test_two_ranks_equal_one_process(single, tmp_path):
     run = tmp_path / "two"
     done = subprocess.run(torchrun(2) + ["train", "--out", str(run), *ARGS], capture_output=True, text=True, env=env())
+    if done.returncode != 0 and "Signal 6 (SIGABRT)" in done.stderr:
+        # A rank aborting inside gloo has been seen about once in 30 launches on a loaded
+        # 2-core machine and never reproduced on demand: say so loudly and launch once more
+        # (a failure of the second launch, or any other failure, fails the test).
+        warnings.warn(f"torchrun: a rank aborted; launching again once. First launch:\n{failure(done)}")
+        run = tmp_path / "two-again"
+        done = subprocess.run(torchrun(2) + ["train", "--out", str(run), *ARGS], capture_output=True, text=True, env=env())
     assert done.returncode == 0, failure(done)
     one, two = losses(single), losses(run)
     assert len(one) == len(two) == 20

@@ -114,8 +114,11 @@ class StopRule:
 
 def score_rule(rule: StopRule, record: SegmentRecord, labels: torch.Tensor) -> tuple[float, float]:
     """(exact accuracy, mean segments used) of `rule` on a record with (N, L) labels."""
-    exact = answer_correct(record.preds, labels.cpu()[:, None, :])  # (N, S)
-    stop = rule.first_stop(record)
+    return _score(rule.first_stop(record), answer_correct(record.preds, labels.cpu()[:, None, :]))
+
+
+def _score(stop: torch.Tensor, exact: torch.Tensor) -> tuple[float, float]:
+    """(N,) stopping segments and (N, S) whole-answer correctness -> (accuracy, mean segments)."""
     return float(exact.gather(1, stop[:, None]).float().mean()), float((stop + 1).float().mean())
 
 
@@ -148,8 +151,8 @@ def calibrate(record: SegmentRecord, labels: torch.Tensor, tolerance: float = 0.
     stable = record.stable
     scored = []
     for rule in candidate_rules(segments):
-        stop = rule.first_stop(record, stable)
-        scored.append((float((stop + 1).float().mean()), float(exact.gather(1, stop[:, None]).float().mean()), rule))
+        accuracy, mean_segments = _score(rule.first_stop(record, stable), exact)
+        scored.append((mean_segments, accuracy, rule))
     scored.sort(key=lambda t: (t[0], -t[1]))
     frontier, best = [], -1.0
     for segs, acc, rule in scored:
@@ -163,9 +166,10 @@ def calibrate(record: SegmentRecord, labels: torch.Tensor, tolerance: float = 0.
 def apply_calibration(calibration: Calibration, record: SegmentRecord, labels: torch.Tensor) -> dict:
     """The chosen rule and its frontier scored on another split (the test split): what
     `ponder train` and `ponder eval --calibrate-halting` report."""
-    accuracy, segments = score_rule(calibration.rule, record, labels)
+    exact, stable = answer_correct(record.preds, labels.cpu()[:, None, :]), record.stable  # once for every rule
+    accuracy, segments = _score(calibration.rule.first_stop(record, stable), exact)
     frontier = []
     for point in calibration.frontier:
-        acc, segs = score_rule(StopRule.from_dict(point["rule"]), record, labels)
+        acc, segs = _score(StopRule.from_dict(point["rule"]).first_stop(record, stable), exact)
         frontier.append({**point, "accuracy": round(acc, 6), "segments": round(segs, 4)})
     return {**calibration.to_dict(), "frontier": frontier, "accuracy": accuracy, "mean_segments": segments}

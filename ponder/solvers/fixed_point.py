@@ -144,19 +144,14 @@ class _Broyden:
         self.prev_z: torch.Tensor | None = None  # (B, n)
         self.prev_g: torch.Tensor | None = None  # (B, n)
 
-    def _h(self, x: torch.Tensor) -> torch.Tensor:
-        """H x for x of shape (B, n); work proportional to the filled slots, not `rank`."""
+    def _h(self, x: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+        """H x (or H^T x) for x of shape (B, n), H = -I + U V^T; work proportional to the
+        filled slots, not `rank`."""
         if self.stored == 0:
             return -x
         us, vs = self.us[:, :, : self.stored], self.vs[:, :, : self.stored]  # (B, n, c)
-        return -x + (us @ (vs.transpose(1, 2) @ x[..., None])).squeeze(-1)
-
-    def _h_transposed(self, x: torch.Tensor) -> torch.Tensor:
-        """H^T x for x of shape (B, n)."""
-        if self.stored == 0:
-            return -x
-        us, vs = self.us[:, :, : self.stored], self.vs[:, :, : self.stored]  # (B, n, c)
-        return -x + (vs @ (us.transpose(1, 2) @ x[..., None])).squeeze(-1)
+        left, right = (vs, us) if transposed else (us, vs)
+        return -x + (left @ (right.transpose(1, 2) @ x[..., None])).squeeze(-1)
 
     def step(self, z: torch.Tensor, fz: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         g = torch.where(active[:, None], fz - z, torch.zeros_like(z))  # (B, n)
@@ -176,7 +171,7 @@ class _Broyden:
             self.stored = 0  # slots are overwritten from the first; unused ones are never read
         h_y = self._h(y)  # (B, n)
         if self.good:  # H += (s - H y) s^T H / (s^T H y)
-            v = self._h_transposed(s)
+            v = self._h(s, transposed=True)
             denom = (s * h_y).sum(-1)
             size = s.norm(dim=1) * h_y.norm(dim=1)
         else:  # H += (s - H y) y^T / (y^T y)
@@ -275,7 +270,7 @@ def _solve(
             break
         # while every sample runs (the common case) the masks are no-ops: skip their copies
         stepper.all_active = running == batch
-        if bool(diverged.any()):
+        if running < batch and bool(diverged.any()):  # (a diverged sample never runs: no sync while all do)
             z = torch.where(diverged[:, None], best_z, z)  # keep non-finite values out of the history
         step = stepper.step(z, fz, active)
         z = step if running == batch else torch.where(active[:, None], step, z)

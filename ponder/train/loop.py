@@ -586,6 +586,7 @@ class Trainer(TrainerBase):
         augment = self.data.augment if self.cfg.task.augment else None
         self.stream = ExampleStream(self.data.train, self.tc.seed, self.device, augment)
         self.use_ids = self.cfg.model.puzzle_embedding
+        self.val_record: tuple[int, SegmentRecord] | None = None  # (step, record) of the last validation
 
     def setup_model(self) -> None:
         cfg, tc, data = self.cfg, self.tc, self.data
@@ -716,12 +717,11 @@ class Trainer(TrainerBase):
         n = len(split)
         return SegmentRecord(*(self.dist.gather_shards(t.to(self.device), n).cpu() for t in record))
 
-    def evaluate(self, split: Split, segments: int, score=None, depths=None):
-        """Scored on every rank (rank 0 writes it)."""
-        return score_segments(self.record(split, segments), split.labels, depths, score)
-
     def validate(self, step: int) -> dict[str, Any]:
-        result = self.evaluate(self.data.val, self.tc.eval_segments)
+        """Scored on every rank (rank 0 writes it); the record is kept for `finish`,
+        which chooses its stop rule on the last validation."""
+        self.val_record = (step, self.record(self.data.val, self.tc.eval_segments))
+        result = score_segments(self.val_record[1], self.data.val.labels)
         record = {"event": "val", "step": step, **result.to_dict()}
         if self.log is not None:
             self.log.write(record)
@@ -744,7 +744,9 @@ class Trainer(TrainerBase):
         is chosen on the validation split first and scored on the test split."""
         data, segments = self.data, self.tc.eval_segments
         trained_seconds = self.train_seconds()
-        calibration = calibrate(self.record(data.val, segments), data.val.labels)
+        last_val = self.val_record  # the run's last step always validates: reuse it
+        val_record = last_val[1] if last_val is not None and last_val[0] == step else self.record(data.val, segments)
+        calibration = calibrate(val_record, data.val.labels)
         score = scorer(data.score, data.test, data.info, self.out_dir) if self.main else None
         record = self.record(data.test, segments)
         final = score_segments(record, data.test.labels, data.test.extra.get("depth"), score, calibration=calibration)

@@ -48,6 +48,7 @@ import throughput  # noqa: E402
 from ponder.models.flops import peak_flops  # noqa: E402
 from ponder.run_folder import CHECKPOINT, CONFIG, METRICS, read_jsonl  # noqa: E402
 from ponder.train.checkpoint import checkpoint_files  # noqa: E402
+from ponder.train.loop import process_settings  # noqa: E402
 
 MAX_FILES, MAX_FILE_BYTES = 8, 16 * 2**20
 TINY_RUN = [
@@ -212,7 +213,8 @@ def main() -> int:
 
     report = device_report(device, args.tiny)
     log(f"device: {json.dumps(report)}")
-    rows = run_benchmarks(args, device, start + args.bench_share * (deadline - start), log)
+    with process_settings(0):  # TF32 for float32 matmuls, as `ponder train` runs them
+        rows = run_benchmarks(args, device, start + args.bench_share * (deadline - start), log)
     result = continue_run(args, deadline, log)
     files = copy_out(args, rows, report, result)
     log(f"wrote {', '.join(files)} to {args.out}")

@@ -56,6 +56,7 @@ class ModelConfig:
     solver_tol: float = 1e-3  # attractor: stop an example's solve at this relative residual
     solver_backward: str = "implicit"  # attractor: gradient through the equilibrium, implicit or phantom
     jacobian_weight: float = 0.0  # attractor: weight of the Jacobian (contraction) regulariser
+    proposal_weight: float = 0.0  # attractor: weight of a token loss on the proposal y0 read by the answer head (the route to equilibrium internalisation); 0: none
     puzzle_embedding: bool = False  # a learned vector per puzzle identifier (HRM/TRM on ARC), trained by sparse sign-SGD
     # causal language models (families gpt, recurrent-lm, ilr, attractor-lm, rnn-lm; `layers` is gpt's, ilr's and rnn-lm's depth)
     context: int = 64  # the longest text a language model reads at once (its window in training, its KV cache)
@@ -288,6 +289,7 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("model.solver_iters", cfg.model.solver_iters >= 0, ">= 0"),
         ("model.solver_tol", cfg.model.solver_tol > 0, "> 0"),
         ("model.jacobian_weight", cfg.model.jacobian_weight >= 0, ">= 0"),
+        ("model.proposal_weight", cfg.model.proposal_weight >= 0, ">= 0"),
         ("task.blanks", 0 <= cfg.task.blanks <= 64, "0..64"),
         ("task.train_size", cfg.task.train_size >= 0, ">= 0"),
         ("task.val_size", cfg.task.val_size >= 0, ">= 0"),

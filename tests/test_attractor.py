@@ -109,6 +109,36 @@ def test_jacobian_penalty_is_an_aux_loss():
     assert out.aux_loss.shape == (3,) and float(out.aux_loss[0].detach()) > 0 and out.aux_loss.requires_grad
 
 
+def test_proposal_logits_are_the_head_on_the_proposal_in_training_only():
+    model = tiny(proposal_weight=0.5)
+    tokens = torch.randint(0, 10, (3, 9))
+    out = model(tokens)
+    _, y0, _ = proposal(model, tokens)
+    assert out.proposal_weight == 0.5 and torch.allclose(out.proposal_logits, model.head(y0))
+    assert out.proposal_logits.requires_grad
+    assert model.eval()(tokens).proposal_logits is None  # nothing extra at test time
+    assert tiny()(tokens).proposal_logits is None  # weight 0: none
+
+
+def test_proposal_loss_is_added_by_the_trainer(tmp_path):
+    """The trainer's segment loss is the same plus weight x the proposal's token loss."""
+    from ponder.config import build_config, parse_overrides
+    from ponder.train.loop import Trainer
+    from ponder.train.losses import token_loss
+
+    overrides = TINY + ["model.family=attractor", "model.solver_iters=3", "model.proposal_weight=0.5"]
+    t = Trainer(build_config(overrides=parse_overrides(overrides)), tmp_path / "run", progress=False, quiet=True)
+    tokens, labels, _ = t.stream.fetch(torch.arange(4), 0, 4)
+    torch.manual_seed(0)
+    out = t.model(tokens)
+    with_proposal = t.segment_loss(out, tokens, labels, None, False)[0]
+    proposal_loss = token_loss(out.proposal_logits, labels).mean()
+    out.proposal_logits = None
+    without = t.segment_loss(out, tokens, labels, None, False)[0]
+    assert float(proposal_loss) > 0.1
+    assert torch.allclose(with_proposal, without + 0.5 * proposal_loss)
+
+
 def test_bad_settings():
     with pytest.raises(ValueError, match="solver: expected one of"):
         tiny(solver="newton")
@@ -116,6 +146,8 @@ def test_bad_settings():
         tiny(solver_backward="unrolled")
     with pytest.raises(ValueError, match="solver_iters"):
         tiny(solver_iters=-1)
+    with pytest.raises(ValueError, match="proposal_weight"):
+        tiny(proposal_weight=-1.0)
 
 
 def test_trains_and_evaluates_with_and_without_solver(tmp_path):

@@ -78,6 +78,15 @@ def test_deep_examples_use_only_tokens_of_shallow_ones(task):
     assert set(np.unique(deep)) <= set(np.unique(shallow))
 
 
+def test_cellular_deep_examples_show_only_position_token_pairs_of_shallow_ones():
+    """The step markers stand at random slots, so a slot past the trained depth has held a
+    marker in training too (a run of markers from the first slot would not)."""
+    shallow = generate("cellular", 400, (1, 4), seed=2, split="train")[0]
+    deep = generate("cellular", 100, (5, 16), seed=2, split="test")[0]
+    seen = {(pos, tok) for row in shallow for pos, tok in enumerate(row.tolist())}
+    assert {(pos, tok) for row in deep for pos, tok in enumerate(row.tolist())} <= seen
+
+
 @pytest.mark.parametrize("task", NAMES)
 def test_labels_are_not_one_class(task):
     _, labels, _ = generate(task, 80, full_range(task), seed=5, split="train")
@@ -90,19 +99,20 @@ def test_graph_reach_depth_is_the_hop_count():
     task, nodes = "graph-reach", 16
     inputs, labels, depth = generate(task, 60, full_range(task), seed=7, split="test")
     for row, label, hops in zip(inputs, labels, depth):
-        edges = row[nodes:].reshape(-1, 2)
+        assert row[1 : 1 + nodes].tolist() == list(range(nodes))  # slot j names node j
+        edges = row[1 + nodes :].reshape(-1, 2)
         adjacency = np.zeros((nodes, nodes), dtype=bool)
         adjacency[edges[:, 0], edges[:, 1]] = True
         assert adjacency.sum() == len(edges)  # no repeated edge
         assert not adjacency.diagonal().any()
         assert adjacency.any(axis=0).all() and adjacency.any(axis=1).all()  # every node has an edge in and out
-        reached = row[:nodes] == token(task, "src")
+        reached = np.arange(nodes) == row[0]
         rounds = 0  # grow the reached set one hop at a time until it stops changing
         while not np.array_equal(grown := reached | adjacency[reached].any(axis=0), reached):
             reached, rounds = grown, rounds + 1
         assert rounds == hops
-        assert np.array_equal(label[:nodes], np.where(reached, token(task, "yes"), token(task, "no")))
-        assert (label[nodes:] == IGNORE).all()
+        assert np.array_equal(label[1 : 1 + nodes], np.where(reached, token(task, "yes"), token(task, "no")))
+        assert label[0] == IGNORE and (label[1 + nodes :] == IGNORE).all()
         assert not reached.all()
 
 
@@ -209,3 +219,19 @@ def test_errors():
         check("cellular", inputs, labels[:, :10])
     with pytest.raises(ValueError, match="2 inputs but 1 prediction rows"):
         check("cellular", inputs, labels[:1])
+
+
+def test_malformed_inputs_name_what_was_expected():
+    row = generate("graph-reach", 1, (2, 2), 0, "train")[0][0]
+    swapped = row.copy()
+    swapped[[1, 2]] = swapped[[2, 1]]
+    with pytest.raises(ValueError, match="node slot j .* must hold node j"):
+        render("graph-reach", swapped)
+    row[0] = 16
+    with pytest.raises(ValueError, match="position 0 must name the source"):
+        render("graph-reach", row)
+    cells = generate("cellular", 1, (2, 2), 0, "train")[0][0]
+    for slots in (np.full(16, 3), np.r_[np.full(15, 3), 0]):  # no marker; a cell value among the step slots
+        cells[32:] = slots
+        with pytest.raises(ValueError, match="step slots must hold at least one marker"):
+            render("cellular", cells)

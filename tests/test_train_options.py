@@ -62,3 +62,24 @@ def test_time_budget_ends_the_run_with_a_test(tmp_path):
     assert 1 <= result["step"] < 100000 and "exact_accuracy" in result
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["event"] for r in log[-3:]] == ["val", "checkpoint", "test"] and log[-3]["step"] == log[-2]["step"] == result["step"]
+
+
+@pytest.mark.parametrize("limit", ["train.max_minutes", "train.budget_minutes"])
+def test_progress_estimate_ends_at_the_time_limit(tmp_path, limit):
+    """The progress bar's total is the step the run will stop at: train.steps without a
+    time limit, else the steps this pace fits into the time left."""
+    import time
+
+    from ponder.config import build_config, parse_overrides
+    from ponder.train.loop import Trainer
+
+    def trainer(extra):
+        cfg = build_config(overrides=parse_overrides(TINY + ["train.steps=100000", *extra]))
+        t = Trainer(cfg, tmp_path / str(len(extra)), progress=False, quiet=True)
+        t.invocation_start = time.time() - 10.0  # 10 s into this invocation
+        return t
+
+    assert trainer([]).expected_last_step(50) == 100000
+    t = trainer([f"{limit}=1"])  # 60 s allowed, 10 s used for 50 steps: 250 more
+    assert abs(t.expected_last_step(50) - 300) <= 2
+    assert trainer([f"{limit}=0.1"]).expected_last_step(200) == 200  # out of time: stops now

@@ -22,7 +22,7 @@ REGISTRY: dict[str, tuple[type[RecurrentModel], str, tuple[str, ...]]] = {
     "hrm": (HRM, "one_step", ("latent_steps", "cycles")),
     "looped": (LoopedTransformer, "full", ("cycles", "loop_halting", "ponder_cost", "pondernet_prior", "score_dt")),
     "depthrec": (DepthRecurrent, "truncated", ("cycles", "iteration_sigma")),
-    "attractor": (Attractor, "last_cycle", ("latent_steps", "cycles", "solver", "solver_iters", "solver_tol", "solver_backward", "jacobian_weight")),
+    "attractor": (Attractor, "last_cycle", ("latent_steps", "cycles", "solver", "solver_iters", "solver_tol", "solver_backward", "jacobian_weight", "proposal_weight")),
     "transformer": (Transformer, "full", ()),
 }
 

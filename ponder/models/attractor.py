@@ -15,6 +15,8 @@ fixed-point solve) or a phantom gradient (`ponder.solvers.fixed_point`), so trai
 memory does not grow with the number of solver iterations. Both need the attractor to
 contract near y*; `jacobian_weight` trains it to, with a penalty on the mean squared
 singular value of d attractor / du (a Hutchinson estimate of ||J||_F^2 / (L D)).
+`proposal_weight` adds, in training, the token loss of the answer head read on the
+proposal y0, so that the backbone is trained to land near the answer by itself.
 
 `solver_iters = 0` removes the solver: the heads read the proposal y0 directly. The
 paper's "equilibrium internalisation" is the finding that accuracy barely drops then,
@@ -42,6 +44,7 @@ class Attractor(TRM):
         solver_tol: float = 1e-3,
         solver_backward: str = "implicit",
         jacobian_weight: float = 0.0,
+        proposal_weight: float = 0.0,
         grad_mode: str = "last_cycle",
         **arch,
     ):
@@ -51,9 +54,11 @@ class Attractor(TRM):
             raise ValueError(f"solver_backward: expected one of {', '.join(BACKWARDS)}, got {solver_backward!r}")
         if solver_iters < 0:
             raise ValueError(f"solver_iters must be >= 0, got {solver_iters}")
+        if proposal_weight < 0:
+            raise ValueError(f"proposal_weight must be >= 0, got {proposal_weight}")
         super().__init__(vocab, seq_len, latent_steps=latent_steps, cycles=cycles, grad_mode=grad_mode, **arch)
         self.solver, self.solver_iters, self.solver_tol = solver, solver_iters, solver_tol
-        self.solver_backward, self.jacobian_weight = solver_backward, jacobian_weight
+        self.solver_backward, self.jacobian_weight, self.proposal_weight = solver_backward, jacobian_weight, proposal_weight
         self.attractor = self.make_stack()
 
     @property
@@ -92,4 +97,7 @@ class Attractor(TRM):
         penalty = None if eq.jacobian_penalty is None else (eq.jacobian_penalty / y0[0].numel()).expand(tokens.shape[0])  # (B,)
         out = self.heads((eq.z, z), aux_loss=penalty)
         out.trace = eq.trace
+        if self.training and self.proposal_weight > 0:
+            out.proposal_logits = self.head(self.readout((y0, z))[:, self.prefix :])  # (B, L, V)
+            out.proposal_weight = self.proposal_weight
         return out

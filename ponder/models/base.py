@@ -33,6 +33,8 @@ class SegmentOutput:
     step_logits: torch.Tensor | None = None  # (K, B, L, V) PonderNet: logits after each loop step
     step_probs: torch.Tensor | None = None  # (K, B, L) PonderNet: probability of halting at each step
     trace: Any = None  # the attractor's fixed-point solve (`ponder.solvers.SolverTrace`), for diagnostics
+    proposal_logits: torch.Tensor | None = None  # (B, L, V) attractor in training: the answer head on the proposal y0
+    proposal_weight: float = 0.0  # the weight of their token loss
 
 
 class RecurrentModel(nn.Module):

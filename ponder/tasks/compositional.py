@@ -12,8 +12,10 @@ graph-reach  A directed graph on 16 nodes with 32 edges and one source: which no
              reachable from it? Depth = the largest hop distance of a reachable node,
              implied by the edges alone. At least 3 nodes are unreachable, and every node
              has edges in and out, with degrees that hardly differ between the two kinds.
-                 [16 node slots: `src` or `node`; slot j is node j] [32 edges: from, to]
-                 L = 80; the node slots are labelled `yes` / `no`.
+             Every node is named by the same token wherever it occurs (as the source, in
+             its own slot, in an edge), so finding a node's edges is matching tokens.
+                 [source] [16 node slots: slot j holds node j] [32 edges: from, to]
+                 L = 81; the node slots are labelled `yes` / `no`.
 
 bool-depth   A nested boolean expression in prefix notation over the literals 0 and 1
              with & (and), | (or), ^ (xor) and ! (not). Depth = the nesting depth (tree
@@ -32,8 +34,11 @@ khop         A table of facts a -> f(a), one per entity, and a query entity x fo
                  L = 65; hop slot i (1 <= i <= k) is labelled with the entity f^i(x).
 
 cellular     Elementary cellular automaton rule 30 on a ring of 32 cells: the row after s
-             steps. Depth = s, written in unary as a run of the same marker `>`.
-                 [32 cells: 0 / 1] [16 step slots: `>` * s then `.`]
+             steps. Depth = s, the number of step markers `>`, which stand at s
+             random slots of 16 (the rest `.`): every slot holds a marker in shallow
+             problems too, so a deep problem shows no (position, token) pair that
+             training did not.
+                 [32 cells: 0 / 1] [16 step slots: s of them `>`, the others `.`]
                  L = 48; the cells are labelled with the row after s steps.
 
 `generate` builds each example from its own seeded generator and computes its labels
@@ -70,8 +75,10 @@ GRAPH_NODES = 16
 GRAPH_EDGES = 32
 GRAPH_MIN_UNREACHABLE = 3  # every graph has this many unreachable nodes or more
 GRAPH_MAX_DEPTH = GRAPH_NODES - GRAPH_MIN_UNREACHABLE - 1  # a path needs depth + 1 reachable nodes
-GRAPH_LEN = GRAPH_NODES + 2 * GRAPH_EDGES
-_G_SRC, _G_NODE, _G_YES, _G_NO = range(GRAPH_NODES, GRAPH_NODES + 4)  # node ids come first
+GRAPH_SLOTS = 1  # node j's slot is position GRAPH_SLOTS + j; position 0 names the source
+GRAPH_EDGES_AT = GRAPH_SLOTS + GRAPH_NODES  # the first edge's position
+GRAPH_LEN = GRAPH_EDGES_AT + 2 * GRAPH_EDGES
+_G_YES, _G_NO = GRAPH_NODES, GRAPH_NODES + 1  # after the node ids
 
 
 def _graph_make(rng: np.random.Generator, depth: int) -> np.ndarray:
@@ -134,25 +141,26 @@ def _graph_make(rng: np.random.Generator, depth: int) -> np.ndarray:
 
     node_id = rng.permutation(n)  # (n,) abstract node -> the id the example shows
     row = np.empty(GRAPH_LEN, dtype=np.int64)
-    row[node_id] = _G_NODE
-    row[node_id[0]] = _G_SRC
+    row[0] = node_id[0]
+    row[GRAPH_SLOTS:GRAPH_EDGES_AT] = np.arange(n)
     ordered = np.argwhere(adjacency)[rng.permutation(GRAPH_EDGES)]  # (E, 2) in shown order
-    row[GRAPH_NODES:] = node_id[ordered].reshape(-1)
+    row[GRAPH_EDGES_AT:] = node_id[ordered].reshape(-1)
     return row
 
 
 def _graph_read(row: np.ndarray) -> tuple[int, list[list[int]]]:
     """(source, out-neighbours of each node) of a graph-reach input."""
-    slots = row[:GRAPH_NODES]
-    if not np.isin(slots, (_G_SRC, _G_NODE)).all() or (slots == _G_SRC).sum() != 1:
-        raise ValueError("graph-reach: the node slots must hold one 'src' and otherwise 'node'")
-    edges = row[GRAPH_NODES:].reshape(-1, 2)  # (E, 2)
+    if not 0 <= row[0] < GRAPH_NODES:
+        raise ValueError(f"graph-reach: position 0 must name the source, a node id 0..{GRAPH_NODES - 1}")
+    if not np.array_equal(row[GRAPH_SLOTS:GRAPH_EDGES_AT], np.arange(GRAPH_NODES)):
+        raise ValueError(f"graph-reach: node slot j (positions {GRAPH_SLOTS}..{GRAPH_EDGES_AT - 1}) must hold node j")
+    edges = row[GRAPH_EDGES_AT:].reshape(-1, 2)  # (E, 2)
     if edges.min() < 0 or edges.max() >= GRAPH_NODES:
         raise ValueError(f"graph-reach: edge endpoints must be node ids 0..{GRAPH_NODES - 1}")
     out: list[list[int]] = [[] for _ in range(GRAPH_NODES)]
     for a, b in edges.tolist():
         out[a].append(b)
-    return int(np.flatnonzero(slots == _G_SRC)[0]), out
+    return int(row[0]), out
 
 
 def _graph_solve(row: np.ndarray) -> tuple[np.ndarray, int]:
@@ -167,8 +175,8 @@ def _graph_solve(row: np.ndarray) -> tuple[np.ndarray, int]:
                 distance[b] = distance[a] + 1
                 queue.append(b)
     labels = np.full(GRAPH_LEN, IGNORE, dtype=np.int64)
-    labels[:GRAPH_NODES] = _G_NO
-    labels[list(distance)] = _G_YES
+    labels[GRAPH_SLOTS:GRAPH_EDGES_AT] = _G_NO
+    labels[GRAPH_SLOTS + np.array(list(distance))] = _G_YES
     return labels, max(distance.values())
 
 
@@ -176,10 +184,10 @@ def _graph_render(row: np.ndarray, labels: np.ndarray | None) -> str:
     source, _ = _graph_read(row)
     lines = [
         f"graph-reach: {GRAPH_NODES} nodes, source {source}, depth {_graph_solve(row)[1]}",
-        "edges  " + " ".join(f"{a}>{b}" for a, b in row[GRAPH_NODES:].reshape(-1, 2).tolist()),
+        "edges  " + " ".join(f"{a}>{b}" for a, b in row[GRAPH_EDGES_AT:].reshape(-1, 2).tolist()),
     ]
     if labels is not None:
-        marks = labels[:GRAPH_NODES].tolist()
+        marks = labels[GRAPH_SLOTS:GRAPH_EDGES_AT].tolist()
         lines.append("reachable    " + " ".join(str(v) for v in range(GRAPH_NODES) if marks[v] == _G_YES))
         lines.append("unreachable  " + " ".join(str(v) for v in range(GRAPH_NODES) if marks[v] != _G_YES))
     return "\n".join(lines)
@@ -376,10 +384,10 @@ def _ca_step(cells: np.ndarray) -> np.ndarray:
 
 
 def _ca_make(rng: np.random.Generator, depth: int) -> np.ndarray:
-    """A uniformly random starting row and `depth` step markers."""
+    """A uniformly random starting row and `depth` step markers at random slots."""
     row = np.full(CA_LEN, _C_PAD, dtype=np.int64)
     row[:CA_WIDTH] = rng.integers(2, size=CA_WIDTH)
-    row[CA_WIDTH : CA_WIDTH + depth] = _C_STEP
+    row[CA_WIDTH + rng.choice(CA_MAX_DEPTH, size=depth, replace=False)] = _C_STEP
     return row
 
 
@@ -388,7 +396,11 @@ def _ca_read(row: np.ndarray) -> tuple[np.ndarray, int]:
     cells = row[:CA_WIDTH]
     if not np.isin(cells, (0, 1)).all():
         raise ValueError("cellular: the first cells must be 0 or 1")
-    return cells, _unary_count(row[CA_WIDTH:], _C_STEP, _C_PAD, "cellular")
+    slots = row[CA_WIDTH:]
+    steps = int((slots == _C_STEP).sum())
+    if steps == 0 or not np.isin(slots, (_C_STEP, _C_PAD)).all():
+        raise ValueError("cellular: the step slots must hold at least one marker '>' and otherwise '.'")
+    return cells, steps
 
 
 def _ca_solve(row: np.ndarray) -> tuple[np.ndarray, int]:
@@ -422,12 +434,12 @@ class _Solver(NamedTuple):
 TASKS: dict[str, TaskSpec] = {
     "graph-reach": TaskSpec(
         name="graph-reach",
-        vocab=GRAPH_NODES + 4,
+        vocab=GRAPH_NODES + 2,
         seq_len=GRAPH_LEN,
         max_depth=GRAPH_MAX_DEPTH,
         default_train_depths=(1, 4),
         default_test_depths=(1, 8),
-        tokens=tuple(str(v) for v in range(GRAPH_NODES)) + ("src", "node", "yes", "no"),
+        tokens=tuple(str(v) for v in range(GRAPH_NODES)) + ("yes", "no"),
         description="Which nodes of a 16-node directed graph are reachable from the source.",
     ),
     "bool-depth": TaskSpec(

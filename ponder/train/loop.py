@@ -63,7 +63,7 @@ from ponder.train.carry import Carry
 from ponder.train.checkpoint import checkpoint_files, read_checkpoint, restore, save_checkpoint
 from ponder.train.distributed import Dist
 from ponder.train.ema import EMA
-from ponder.train.losses import answer_correct, segment_token_loss, winners
+from ponder.train.losses import answer_correct, segment_token_loss, token_loss, winners
 from ponder.train.optim import build_optimizer, build_puzzle_optimizer, lr_at
 from ponder.train.stream import ExampleStream
 
@@ -408,6 +408,7 @@ class TrainerBase:
                     record = self.write_train(done, lr)
                     if bar is not None:
                         bar.set_postfix(self.postfix(record, last_val), refresh=False)
+                        bar.total = self.expected_last_step(done)
                 if done % tc.eval_every == 0 or last:
                     last_val = self.validate(done)
                 if done % tc.checkpoint_every == 0 or last or stop or self.checkpoint_due(done):
@@ -526,6 +527,25 @@ class TrainerBase:
             self.stop_reason = "signal"
         return agreed
 
+    def seconds_left(self) -> float | None:
+        """Training time left before `train.max_minutes` (this invocation) or
+        `train.budget_minutes` (the whole run) ends it; None without either."""
+        tc, left = self.tc, []
+        if tc.max_minutes > 0:
+            left.append(60 * tc.max_minutes - (time.time() - self.invocation_start))
+        if tc.budget_minutes > 0:
+            left.append(60 * tc.budget_minutes - self.train_seconds())
+        return max(min(left), 0.0) if left else None
+
+    def expected_last_step(self, done: int) -> int:
+        """The step the run will stop at: `train.steps`, or sooner when a time limit
+        comes first at this invocation's pace (what the progress bar's estimate uses)."""
+        left, ran = self.seconds_left(), done - self.start
+        elapsed = time.time() - self.invocation_start
+        if left is None or ran <= 0 or elapsed <= 0:
+            return self.tc.steps
+        return min(self.tc.steps, done + math.ceil(left * ran / elapsed))
+
     def budget_spent(self, step: int) -> bool:
         """The run's training time over all its invocations reached `train.budget_minutes`
         (agreed over ranks at logging steps)."""
@@ -630,7 +650,8 @@ class Trainer(TrainerBase):
         if tc.loss_target == "nearest":  # the right answer nearest the prediction (e.g. any shortest path)
             labels = self.data.nearest_answer(tokens, labels, out.logits.detach())
         loss_tok = segment_token_loss(out, labels, tc.loss)  # (b,)
-        trained_tok = loss_tok if starts_of is None else loss_tok[winners(loss_tok.detach(), starts_of)]  # (examples,)
+        trained = slice(None) if starts_of is None else winners(loss_tok.detach(), starts_of)  # rows whose token loss trains
+        trained_tok = loss_tok[trained]  # (examples,)
         correct = answer_correct(out.logits.argmax(-1), labels)  # (b,)
         rule = self.model.halt_head
 
@@ -642,6 +663,8 @@ class Trainer(TrainerBase):
         loss = trained_tok.mean() + tc.halt_loss_weight * halt_loss.mean()
         if out.aux_loss is not None:
             loss = loss + out.aux_loss.mean()
+        if out.proposal_logits is not None:  # attractor: the proposal read by the answer head
+            loss = loss + out.proposal_weight * token_loss(out.proposal_logits, labels, tc.loss)[trained].mean()
         return loss, loss_tok.detach(), halt_loss.detach(), correct
 
     # ------------------------------------------------------------------ the two batching modes

@@ -217,6 +217,17 @@ def _number(value: Any, typ: type) -> int | float | None:
     return None
 
 
+def _did_you_mean(cfg, dotted: str) -> str:
+    """'did you mean train.max_segments? ' for a key given without its section or a
+    little misspelt; '' when nothing is close."""
+    import difflib
+
+    known = [f"{name}.{key}" for name in ("model", "task", "train") for key in _section_types(getattr(cfg, name))]
+    bare = [k for k in known if k.split(".", 1)[1] == dotted]
+    close = bare or difflib.get_close_matches(dotted, known, n=1, cutoff=0.8)
+    return f"did you mean {close[0]}? " if close else ""
+
+
 def _section_types(section: Any) -> dict[str, type]:
     hints = {"int": int, "float": float, "str": str, "bool": bool}
     return {f.name: hints[f.type] if isinstance(f.type, str) else f.type for f in fields(section)}
@@ -243,11 +254,11 @@ def apply_values(cfg: RunConfig, values: dict[str, Any], source: str) -> RunConf
         section_name, _, key = dotted.partition(".")
         section = getattr(cfg, section_name, None) if section_name in ("model", "task", "train") else None
         if section is None or not key:
-            raise PonderInputError(f"{source}: unknown config key '{dotted}'; expected model.*, task.* or train.*")
+            raise PonderInputError(f"{source}: unknown config key '{dotted}'; {_did_you_mean(cfg, dotted)}expected model.*, task.* or train.*")
         types = _section_types(section)
         if key not in types:
             raise PonderInputError(
-                f"{source}: unknown config key '{dotted}'; {section_name} keys are: {', '.join(sorted(types))}"
+                f"{source}: unknown config key '{dotted}'; {_did_you_mean(cfg, dotted)}{section_name} keys are: {', '.join(sorted(types))}"
             )
         coerced = _coerce(value, types[key], dotted)
         allowed = _CHOICES.get((section_name, key))

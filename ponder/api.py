@@ -36,7 +36,8 @@ from ponder.train.loop import train as train_loop
 
 
 
-def train(overrides: list[str] | None = None, preset: str | None = None, config: str | None = None, out: str | None = None, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
+def train(overrides: list[str] | None = None, preset: str | None = None, config: str | None = None, out: str | None = None, resume: str | None = None,
+          device: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train a model; with no arguments, the embedded default (TRM on generated Sudoku, CPU).
 
     Args:
@@ -45,8 +46,9 @@ def train(overrides: list[str] | None = None, preset: str | None = None, config:
         config: a YAML config file
         out: the run folder to create (default: a new folder under runs/)
         resume: a run folder to continue from its last checkpoint
+        device: where to train: cpu, cuda, cuda:N (the same as train.device=...; default: the config's, auto)
     """
-    pairs = parse_overrides(list(overrides or []))
+    pairs = parse_overrides(list(overrides or []) + ([f"train.device={device}"] if device else []))
     if resume:
         if preset or config or out:
             raise PonderInputError("--resume continues a run with its own config; drop --preset/--config/--out")

@@ -133,6 +133,7 @@ def bad_cases(tiny_run, tmp_path):
         (["train", "--preset", "nope"], "unknown preset 'nope'"),
         (["train", "--config", bad_yaml], "unknown config key 'model.hiddn'; did you mean model.hidden?"),
         (["train", "max_segments=8"], "unknown config key 'max_segments'; did you mean train.max_segments?"),
+        (["train", "--device", "tpu"], "config key 'train.device': unknown device 'tpu'"),
         (["train", "--config", tmp_path / "missing.yaml"], "no such config file"),
         (["train", "lr"], "expected key=value"),
         (["solve", tiny_run, "12345"], "expected 81 characters"),

@@ -82,7 +82,8 @@ ARG_TYPES = {float: finite_float, int: bounded_int}
 
 
 def add_verb(sub: argparse._SubParsersAction, name: str, fn: Callable, full_name: str = "") -> None:
-    summary = (fn.__doc__ or "").strip().splitlines()[0]
+    paragraph = (fn.__doc__ or "").strip().split("\n\n")[0]  # the first paragraph: whole sentences
+    summary = " ".join(line.strip() for line in paragraph.splitlines())
     parser = sub.add_parser(name, help=summary, description=summary)
     helps = _arg_help(fn)
     hints = typing.get_type_hints(fn)

@@ -191,3 +191,13 @@ def test_resume_can_extend_a_finished_run(tmp_path, capsys):
     assert json.loads((run / "config.json").read_text())["model"]["hidden"] == 16
     code, _, err = run_cli(capsys, "train", "--resume", run, "model.hidden=32")
     assert code == 2 and "a resumed run keeps its config" in err
+
+
+def test_help_gives_each_verb_whole_sentences(capsys, monkeypatch):
+    """`ponder --help` shows each verb's first docstring paragraph, not its first line."""
+    monkeypatch.setenv("COLUMNS", "10000")  # no wrapping inside a word
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "answer recorded (a language-model run: validation loss by test-time recurrence)." in text
+    assert "and a one-line description." in text

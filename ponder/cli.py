@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------ human-readable output
 
+def plural(n: int, word: str) -> str:
+    """'1 example', '2 examples'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def show_train(result: dict[str, Any]) -> None:
     if "stopped" in result:
         why = "the time limit (train.max_minutes)" if result["stopped"] == "time" else "a signal"
@@ -135,7 +140,7 @@ def show_train(result: dict[str, Any]) -> None:
         print(f"\n{result['train_seconds']:.0f} s training, {result['total_seconds']:.0f} s total")
         show_language(result)
         return
-    print(f"\ntest split: {result['n']} examples, {result['segments']} segments, {result['train_seconds']:.0f} s training, {result['total_seconds']:.0f} s total")
+    print(f"\ntest split: {plural(result['n'], 'example')}, {plural(result['segments'], 'segment')}, {result['train_seconds']:.0f} s training, {result['total_seconds']:.0f} s total")
     show_scores(result)
 
 
@@ -180,7 +185,7 @@ def show_calibration(c: dict[str, Any], points: int = 12) -> None:
     """The stop rule chosen on validation, its score here, and the trade-off curve."""
     print(f"  stop rule chosen on validation ({c['describe']}):")
     print(f"    exact accuracy {c['accuracy']:.4f} using {c['mean_segments']:.2f} segments on average "
-          f"(validation, {c['val_n']} examples: {c['val_accuracy']:.4f} at {c['val_segments']:.2f}; all segments {c['val_all_segments']:.4f})")
+          f"(validation, {plural(c['val_n'], 'example')}: {c['val_accuracy']:.4f} at {c['val_segments']:.2f}; all segments {c['val_all_segments']:.4f})")
     frontier = c["frontier"]
     step = max(1, -(-len(frontier) // points))
     shown = frontier[::step] + ([frontier[-1]] if (len(frontier) - 1) % step else [])
@@ -216,7 +221,7 @@ def show_eval(result: dict[str, Any]) -> None:
         print(f"{result['data']}:")
         show_language(result)
         return
-    print(f"{result['data']}: {result['n']} examples, {result['segments']} segments")
+    print(f"{result['data']}: {plural(result['n'], 'example')}, {plural(result['segments'], 'segment')}")
     show_scores(result)
 
 
@@ -261,7 +266,7 @@ def show_solve(result: dict[str, Any]) -> None:
     print(render_grid([0 if c == "." else int(c) for c in result["solution"]]))
     verdict = "a valid solution" if result["valid"] else "NOT a valid solution"
     how = "halted" if result["halted"] else "stopped at the segment limit"
-    print(f"{verdict}; {how} after {result['segments']} segment(s) = {result['network_calls']} network calls")
+    print(f"{verdict}; {how} after {plural(result['segments'], 'segment')} = {plural(result['network_calls'], 'network call')}")
     if result.get("stop_rule"):
         print(f"stop rule: {result['stop_rule']}")
     if not result.get("unique", True):

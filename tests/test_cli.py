@@ -201,3 +201,9 @@ def test_help_gives_each_verb_whole_sentences(capsys, monkeypatch):
     text = " ".join(capsys.readouterr().out.split())
     assert "answer recorded (a language-model run: validation loss by test-time recurrence)." in text
     assert "and a one-line description." in text
+
+
+def test_counts_are_singular_or_plural():
+    from ponder.cli import plural
+
+    assert plural(1, "example") == "1 example" and plural(0, "segment") == "0 segments" and plural(12, "network call") == "12 network calls"

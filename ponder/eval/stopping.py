@@ -119,7 +119,7 @@ def score_rule(rule: StopRule, record: SegmentRecord, labels: torch.Tensor) -> t
 
 def _score(stop: torch.Tensor, exact: torch.Tensor) -> tuple[float, float]:
     """(N,) stopping segments and (N, S) whole-answer correctness -> (accuracy, mean segments)."""
-    return float(exact.gather(1, stop[:, None]).float().mean()), float((stop + 1).float().mean())
+    return float(exact.gather(1, stop[:, None]).double().mean()), float((stop + 1).double().mean())
 
 
 @dataclass
@@ -147,7 +147,7 @@ def calibrate(record: SegmentRecord, labels: torch.Tensor, tolerance: float = 0.
     at least the all-segments accuracy minus `tolerance` (ties: the higher accuracy)."""
     segments = record.preds.shape[1]
     exact = answer_correct(record.preds, labels.cpu()[:, None, :])  # (N, S)
-    full = float(exact[:, -1].float().mean())
+    full = float(exact[:, -1].double().mean())
     stable = record.stable
     scored = []
     for rule in candidate_rules(segments):

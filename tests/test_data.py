@@ -97,6 +97,13 @@ def test_missing_benchmark_folder_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PONDER_DATA", str(tmp_path))
     with pytest.raises(PonderInputError, match="sudoku-extreme-1k.*not found"):
         build(TaskConfig(name="sudoku-extreme-1k"))
+    from ponder.tasks import builders
+
+    monkeypatch.delenv("PONDER_DATA")  # and no ../shared/data beside the working folder or the source tree
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(builders, "__file__", str(tmp_path / "src" / "ponder" / "tasks" / "builders.py"))
+    with pytest.raises(PonderInputError, match=rf"PONDER_DATA is not set and there is no {tmp_path.parent}/shared/data nor"):
+        build(TaskConfig(name="sudoku-extreme-1k"))
 
 
 def test_sudoku_extreme_drops_held_out_puzzles_equivalent_to_training(fake_benchmarks):

@@ -71,11 +71,13 @@ def raw_root() -> Path:
         if not Path(env).is_dir():
             raise PonderInputError(f"PONDER_DATA={env}: no such folder; expected the folder holding the benchmark files")
         return Path(env)
-    for candidate in (Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"):
+    candidates = list(dict.fromkeys((Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data")))
+    for candidate in candidates:
         if candidate.is_dir():
             return candidate
     raise PonderInputError(
-        "benchmark files not found: set PONDER_DATA to the folder holding them (e.g. sudoku-extreme-1k/train.csv, "
+        f"benchmark files not found: PONDER_DATA is not set and there is no {' nor '.join(str(c) for c in candidates)}; "
+        "set PONDER_DATA to the folder holding them (e.g. sudoku-extreme-1k/train.csv, "
         "maze-30x30-hard-1k/, arc-agi-1/); they come from the public HRM/TRM dataset releases and the ARC-AGI repositories"
     )
 

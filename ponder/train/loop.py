@@ -40,6 +40,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -387,6 +388,9 @@ class TrainerBase:
             print(f"model {cfg.model.family}: {count_params(self.model):,} parameters on {self.device}"
                   f"{f' x {self.dist.world} ranks' if self.dist.world > 1 else ''}, {self.batching} batching; {self.describe_data()}")
             print(f"run folder: {self.out_dir}")
+            if self.device.type == "cpu" and cfg.description.endswith("a GPU run"):
+                print("warning: this config is sized for a GPU (its description ends 'a GPU run') and runs on the CPU, "
+                      "where it takes hours or days; `ponder presets` lists the CPU presets", file=sys.stderr)
         self.invocation_start = time.time()
         self.last_checkpoint = time.time()
         bar = None

@@ -4,7 +4,7 @@
     python benchmarks/attractor.py report runs/attractor-sweep --record records/attractor-sudoku-cpu/tuning
 
 `sweep` trains `attractor-sudoku-cpu` for `--steps` batches (150: a quarter of the
-preset, its cosine schedule compressed to fit) once per setting of `--grid` (learning
+preset, its cosine schedule compressed to fit) once per setting in `GRID` (learning
 rate, Jacobian regulariser weight, proposal loss weight), `JOBS` at a time on one thread
 each, with a one-puzzle test split: the choice is made on the 250 validation puzzles
 alone. A folder that already holds results is skipped. `report` tabulates each run's

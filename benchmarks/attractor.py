@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from records import write_record
+from records import run_jobs, train_command, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,25 +36,10 @@ def name_of(lr: float, jacobian: float, proposal: float) -> str:
 
 
 def sweep(out: Path, steps: int, jobs: int) -> None:
-    pending = []
-    for lr, jacobian, proposal in GRID:
-        folder = out / name_of(lr, jacobian, proposal)
-        if (folder / "results.json").exists():
-            continue
-        if folder.exists():
-            shutil.rmtree(folder)
-        pending.append([sys.executable, "-m", "ponder.cli", "train", "--preset", "attractor-sudoku-cpu", "--out", str(folder), "--json",
-                        f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}", "task.test_size=1",
-                        "train.threads=1", f"train.lr={lr}", f"model.jacobian_weight={jacobian}", f"model.proposal_weight={proposal}"])
-    running: list[subprocess.Popen] = []
-    while pending or running:
-        while pending and len(running) < jobs:
-            cmd = pending.pop(0)
-            print("==", Path(cmd[cmd.index("--out") + 1]).name, flush=True)
-            running.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
-        proc = running.pop(0)
-        if proc.wait() != 0:
-            print(f"!! {proc.args[proc.args.index('--out') + 1]} failed (exit {proc.returncode})", flush=True)
+    run_jobs([train_command(out / name_of(lr, jacobian, proposal), "--preset", "attractor-sudoku-cpu", f"train.steps={steps}",
+                            f"train.eval_every={steps}", f"train.checkpoint_every={steps}", "task.test_size=1", "train.threads=1",
+                            f"train.lr={lr}", f"model.jacobian_weight={jacobian}", f"model.proposal_weight={proposal}")
+              for lr, jacobian, proposal in GRID], jobs)
 
 
 def last_val(run: Path) -> dict:

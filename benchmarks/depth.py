@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from records import write_record
+from records import run_jobs, train_command, write_record
 
 TASKS = ("graph-reach", "bool-depth", "khop", "cellular")
 FAMILIES = ("trm", "transformer")
@@ -32,28 +29,9 @@ SHOWN_SEGMENTS = (1, 2, 4, 8, 16)
 
 
 def run(out: Path, minutes: float, tasks: list[str], families: list[str], seed: int, jobs: int, threads: int) -> None:
-    pending = []
-    for task in tasks:
-        for family in families:
-            folder = out / task / family
-            if (folder / "results.json").exists():
-                continue
-            if folder.exists():
-                shutil.rmtree(folder)  # a time-bound run cannot be resumed exactly: start it again
-            cmd = [sys.executable, "-m", "ponder.cli", "train", "--preset", f"{family}-{task}", "--out", str(folder), "--json",
-                   f"train.budget_minutes={minutes}", f"train.seed={seed}", f"train.threads={threads}"]
-            pending.append((f"{family}-{task}", cmd, folder))
-    running: list[tuple[str, subprocess.Popen]] = []
-    while pending or running:
-        while pending and len(running) < jobs:
-            name, cmd, folder = pending.pop(0)
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            print(f"== {name}", flush=True)
-            log = open(folder.parent / f"{folder.name}.log", "w")
-            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
-        name, proc = running.pop(0)
-        if proc.wait() != 0:
-            print(f"!! {name} failed (exit {proc.returncode}); see its .log", flush=True)
+    run_jobs([train_command(out / task / family, "--preset", f"{family}-{task}", f"train.budget_minutes={minutes}",
+                            f"train.seed={seed}", f"train.threads={threads}")
+              for task in tasks for family in families], jobs)
 
 
 def evaluate(root: Path) -> None:

@@ -98,6 +98,6 @@ class Attractor(TRM):
         out = self.heads((eq.z, z), aux_loss=penalty)
         out.trace = eq.trace
         if self.training and self.proposal_weight > 0:
-            out.proposal_logits = self.head(self.readout((y0, z))[:, self.prefix :])  # (B, L, V)
+            out.proposal_logits = self.heads((y0, z)).logits  # (B, L, V)
             out.proposal_weight = self.proposal_weight
         return out

@@ -466,7 +466,7 @@ class TrainerBase:
 
     def describe_data(self) -> str:
         data = self.data
-        return f"task {data.name}: train {len(data.train)}, val {len(data.val)}, test {len(data.test)} example{'' if len(data.test) == 1 else 's'}"
+        return f"task {data.name}, examples: train {len(data.train)}, val {len(data.val)}, test {len(data.test)}"
 
     def train_seconds(self) -> float:
         """Training time of this run, summed over resumes."""

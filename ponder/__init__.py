@@ -13,3 +13,12 @@ __version__ = "0.1.0"
 # PONDER_OMP_DEFAULTS=0 turns this off.
 if os.environ.get("PONDER_OMP_DEFAULTS", "1") != "0" and "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+
+def load(name_or_folder):
+    """A trained model for Python use: a bundled model's name (e.g. "sudoku"), a model
+    folder from `ponder export`, or a run folder -> `ponder.pretrained.Reasoner` with
+    `.solve(...)` and `.think(...)`."""
+    from ponder.pretrained import load as _load
+
+    return _load(name_or_folder)

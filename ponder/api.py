@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import math
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ from ponder.tasks import Split, load_dataset_for, scorer, sudoku
 from ponder.tasks.builders import get_builder
 from ponder.tasks.dataset import MANIFEST, load_dataset
 from ponder.registry import check_names
-from ponder.run_folder import CHECKPOINT, FolderLock, holds_work, load_config, read_results
+from ponder.run_folder import CHECKPOINT, FolderLock, holds_work, load_config, read_log, read_results
 from ponder.train.checkpoint import load_weights, read_checkpoint
 from ponder.train.distributed import launched, pick_device
 from ponder.train.loop import RESUMABLE_KEYS, check_config_matches, process_settings
@@ -37,7 +38,7 @@ from ponder.train.loop import train as train_loop
 
 
 def train(overrides: list[str] | None = None, preset: str | None = None, config: str | None = None, out: str | None = None, resume: str | None = None,
-          device: str | None = None, progress: bool = True) -> dict[str, Any]:
+          device: str | None = None, quiet: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train a model; with no arguments, the embedded default (TRM on generated Sudoku, CPU).
 
     Args:
@@ -47,6 +48,9 @@ def train(overrides: list[str] | None = None, preset: str | None = None, config:
         out: the run folder to create (default: a new folder under runs/)
         resume: a run folder to continue from its last checkpoint
         device: where to train: cpu, cuda, cuda:N (the same as train.device=...; default: the config's, auto)
+        quiet: print only warnings, errors and the final result (no progress bar or lines)
+
+    On a terminal the progress is a bar; into a file or a pipe it is a plain line every 30 s.
     """
     pairs = parse_overrides(list(overrides or []) + ([f"train.device={device}"] if device else []))
     if resume:
@@ -58,12 +62,12 @@ def train(overrides: list[str] | None = None, preset: str | None = None, config:
             raise PonderInputError(f"override '{bad[0]}': a resumed run keeps its config; only {', '.join(RESUMABLE_KEYS)} may change")
         if pairs:
             apply_values(cfg, pairs, "override")
-        return train_loop(check_names(cfg), Path(resume), resume=True, progress=progress)
+        return train_loop(check_names(cfg), Path(resume), resume=True, progress=progress, quiet=quiet)
     cfg = check_names(build_config(preset=preset, config_file=config, overrides=pairs))
     if out is None and launched():
         raise PonderInputError("under torchrun every rank must write to the same run folder: pass --out (or --resume)")
     run_dir = Path(out) if out else _new_run_dir(preset or Path(config or "default").stem)
-    return train_loop(cfg, run_dir, progress=progress)
+    return train_loop(cfg, run_dir, progress=progress, quiet=quiet)
 
 
 def evaluate(
@@ -75,7 +79,7 @@ def evaluate(
     language-model run: validation loss by test-time recurrence).
 
     Args:
-        run: the run folder
+        run: a run folder, a model folder from 'ponder export', or a bundled model's name (e.g. sudoku)
         data: a dataset folder from 'ponder data build' (its --split), or a Sudoku CSV / puzzle-per-line file (default: the run's own data)
         segments: segments to run (default: the run's train.eval_segments)
         split: which split of the run's data or of a dataset folder: test or val
@@ -293,15 +297,18 @@ def probe(run: str, prompt: str, recurrence: int = 0, out: str | None = None) ->
     return {**result.to_dict(), **({"plot": out} if out else {})}
 
 
-def solve(run: str, puzzle: str, segments: int | None = None, exit_tol: float = 0.0) -> dict[str, Any]:
-    """Solve one Sudoku (81 characters, '.' or '0' for a blank) with a trained run.
+EXAMPLE_PUZZLE = "8....9..349.8..67535....981.1..8246..24.168.96....41...46.7.398......714..3...526"  # solved when no puzzle is given
+
+
+def solve(puzzle: str = "", run: str = "sudoku", segments: int | None = None, exit_tol: float = 0.0) -> dict[str, Any]:
+    """Solve one Sudoku (81 characters, '.' or '0' for a blank) with a trained model: the bundled one unless --run names another.
 
     A puzzle whose givens admit no solution is an error; one with several solutions is
     solved, said so (`unique: false`), and any of them counts as valid.
 
     Args:
-        run: the run folder
-        puzzle: 81 characters, row by row
+        puzzle: 81 characters, row by row (default: an example puzzle, shown with its answer)
+        run: a run folder, a model folder from 'ponder export', or a bundled model's name (default: sudoku, shipped with ponder)
         segments: most segments to think for (default: the run's train.eval_segments)
         exit_tol: also stop once the relative state change over a segment is below this (0: off)
 
@@ -311,6 +318,8 @@ def solve(run: str, puzzle: str, segments: int | None = None, exit_tol: float = 
     """
     if not 0 <= exit_tol < math.inf:
         raise PonderInputError(f"--exit-tol: expected a finite value >= 0, got {exit_tol}")
+    example = not puzzle
+    puzzle = puzzle or EXAMPLE_PUZZLE
     grid = sudoku.parse_puzzle(puzzle, where="puzzle")
     count, _ = sudoku.solve(grid, limit=2)
     if count == 0:
@@ -328,6 +337,8 @@ def solve(run: str, puzzle: str, segments: int | None = None, exit_tol: float = 
     answer, segments_used = preds[0].numpy(), int(used[0])
     valid = sudoku.is_solution(answer) and bool(((grid == 0) | (grid == answer)).all())
     return {
+        "model": str(run),
+        "example": example,
         "puzzle": sudoku.format_grid(grid),
         "solution": sudoku.format_grid(answer),
         "valid": valid,
@@ -342,13 +353,126 @@ def solve(run: str, puzzle: str, segments: int | None = None, exit_tol: float = 
 def stop_rule_of(run: str | Path, halting: bool) -> StopRule:
     """The stop rule a run's results chose on validation, else its halting head's own
     (logit > 0; none for a run without halting)."""
-    chosen = ((read_results(Path(run)) or {}).get("calibrated_halting") or {}).get("rule")
+    from ponder.pretrained import resolve
+
+    chosen = ((read_results(resolve(run)) or {}).get("calibrated_halting") or {}).get("rule")
     if chosen is None:
         return StopRule(halt_threshold=0.0 if halting else None)
     try:
         return StopRule.from_dict(chosen)
     except (TypeError, ValueError) as e:
-        raise PonderInputError(f"{Path(run) / 'results.json'}: calibrated_halting.rule: {e}") from None
+        raise PonderInputError(f"{resolve(run) / 'results.json'}: calibrated_halting.rule: {e}") from None
+
+
+def trace(puzzle: str = "", run: str = "sudoku", out: str = "trace", example: int = -1, split: str = "test", segments: int | None = None) -> dict[str, Any]:
+    """Draw a model thinking: an HTML page (self-contained), a PNG strip and a GIF of one example, segment by segment.
+
+    Args:
+        puzzle: a Sudoku, 81 characters (default: --example of the run's data, else the example puzzle of 'ponder solve')
+        run: a run folder, a model folder or a bundled model's name (default: sudoku)
+        out: the folder to write index.html, strip.png, thinking.gif and trace.json into
+        example: draw example N of the run's --split instead of a puzzle (any task: Sudoku, Maze, ARC, compositional)
+        split: with --example: test or val
+        segments: segments to show (default: the run's train.eval_segments)
+    """
+    from ponder.pretrained import load
+    from ponder.viz.trace import trace_data, write_gif, write_html, write_strip
+
+    reasoner = load(run)
+    if example >= 0:
+        if puzzle:
+            raise PonderInputError("give a puzzle or --example, not both")
+        if split not in ("test", "val"):
+            raise PonderInputError(f"--split: expected test or val, got {split!r}")
+        rows = load_dataset_for(reasoner.cfg.task, splits=(split,)).splits[split]
+        if example >= len(rows):
+            raise PonderInputError(f"--example: the {split} split has {len(rows)} examples (0..{len(rows) - 1}), got {example}")
+        tokens, labels, title = torch.from_numpy(rows.inputs[example].astype("int64")), torch.from_numpy(rows.labels[example].astype("int64")), f"{split} example {example}"
+    else:
+        if reasoner.model.seq_len != sudoku.SIZE or reasoner.model.vocab != sudoku.VOCAB:
+            raise PonderInputError(f"{run}: a {reasoner.task} model; draw one of its examples with --example N")
+        grid = sudoku.parse_puzzle(puzzle or EXAMPLE_PUZZLE, where="puzzle")
+        count, solution = sudoku.solve(grid, limit=2)
+        if count == 0:
+            raise PonderInputError("puzzle: its givens admit no solution (checked by the exact solver); expected a solvable Sudoku")
+        tokens = torch.from_numpy(grid.astype("int64"))
+        labels = torch.from_numpy(solution.astype("int64")) if count == 1 else None  # wrong cells are marked only against the one solution
+        title = "a Sudoku" if puzzle else "the example Sudoku"
+    n_segments = check_segments(segments, reasoner.cfg.train.eval_segments)
+    data = trace_data(reasoner, tokens, labels, n_segments, title=f"{reasoner.cfg.model.family} thinking about {title}")
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        files = [write_html(data, folder / "index.html"), write_strip(data, folder / "strip.png"), write_gif(data, folder / "thinking.gif")]
+        (folder / "trace.json").write_text(json.dumps(data))
+    except OSError as e:
+        raise PonderInputError(f"--out: cannot write {out} ({e.strerror or e})") from None
+    last = data["segments"][-1]
+    return {"out": str(folder), "files": [str(f) for f in files] + [str(folder / "trace.json")], "segments": len(data["segments"]),
+            "stop_segment": data["stop_segment"], "correct_by_segment": [s["correct"] for s in data["segments"]],
+            "final_correct": last["correct"]}
+
+
+def compare(runs: list[str], out: str = "") -> dict[str, Any]:
+    """Put runs side by side: the config keys where they differ, their final results, and (with --out) their curves in one plot.
+
+    Args:
+        runs: two or more run folders
+        out: a PNG to draw their training loss and validation figure into (default: none)
+    """
+    from ponder.viz.plots import plot_loss_curves
+
+    if len(runs) < 2:
+        raise PonderInputError(f"compare: expected two or more run folders, got {len(runs)}")
+    folders = [Path(r) for r in runs]
+    configs = [_flat(load_config(f).to_dict()) for f in folders]
+    differ = {key: [c.get(key) for c in configs] for key in sorted(set().union(*configs)) if len({json.dumps(c.get(key)) for c in configs}) > 1}
+    keys = ("exact_accuracy", "halting_accuracy", "mean_segments", "loss", "step", "train_seconds")
+    results = [read_results(f) or {} for f in folders]
+    table = {key: [r.get(key) for r in results] for key in keys if any(r.get(key) is not None for r in results)}
+    chosen = [((r.get("calibrated_halting") or {}).get("accuracy"), (r.get("calibrated_halting") or {}).get("mean_segments")) for r in results]
+    if any(a is not None for a, _ in chosen):
+        table["stop_rule_accuracy"], table["stop_rule_segments"] = [a for a, _ in chosen], [m for _, m in chosen]
+    out_path = None
+    if out:
+        curves, language = {}, False
+        for f in folders:
+            log = read_log(f)
+            val = [r for r in log if r.get("event") == "val"]
+            language = language or any("exact_accuracy" not in r and "loss" in r for r in val)
+            curves[str(f)] = {"train": [[r["step"], r["loss"]] for r in log if r.get("event") == "train" and isinstance(r.get("loss"), (int, float))],
+                              "val": [[r["step"], r["loss"] if language else r.get("exact_accuracy")] for r in val]}
+        try:
+            out_path = str(plot_loss_curves(curves, out, val_label="validation loss" if language else "validation exact accuracy"))
+        except OSError as e:
+            raise PonderInputError(f"--out: cannot write {out} ({e.strerror or e})") from None
+    return {"runs": [str(f) for f in folders], "config_differences": differ, "results": table, "plot": out_path}
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def export(run: str, *, out: str, command: str = "") -> dict[str, Any]:
+    """Write a trained run as a model folder to hand over: config.json, model.safetensors (EMA weights), results.json and a model card.
+
+    Args:
+        run: the run folder (finished: it has a test result)
+        out: the folder to write (must not exist or be empty)
+        command: the command that trained the run, for the model card (default: ponder train --config config.json, which repeats it)
+    """
+    from ponder.pretrained import export as export_folder
+
+    if is_language_run(run):
+        raise PonderInputError(f"{run}: a language-model run; 'ponder export' takes puzzle runs (language runs are used from their run folder)")
+    return export_folder(run, out, command)
 
 
 def bench_solvers(
@@ -528,7 +652,9 @@ def _task_key(key: str) -> str:
 def is_language_run(run: str | Path) -> bool:
     from ponder.lm.models import LM_FAMILIES
 
-    return load_config(Path(run)).model.family in LM_FAMILIES
+    from ponder.pretrained import resolve
+
+    return load_config(resolve(run)).model.family in LM_FAMILIES
 
 
 def load_language_run(run: str | Path):
@@ -571,12 +697,20 @@ def is_text_folder(folder: Path) -> bool:
 
 
 def load_trained(run: str | Path):
-    """(config, model with EMA weights in eval mode, device) from a run folder."""
-    run_dir = Path(run)
+    """(config, model with EMA weights in eval mode, device) from a run folder, a model
+    folder (`ponder export`) or a bundled model's name."""
+    from ponder.pretrained import WEIGHTS, is_model_folder, read_weights, resolve
+
+    run_dir = resolve(run)
     cfg = load_config(run_dir)
+    device = pick_device(cfg.train.device)
+    if is_model_folder(run_dir):
+        tensors, meta = read_weights(run_dir / WEIGHTS)
+        model = model_for_task(cfg, num_puzzles=int(meta.get("num_puzzles", 0)))
+        load_weights(model, tensors, "", run_dir / WEIGHTS)
+        return cfg, model.to(device).eval(), device
     tensors, meta = read_checkpoint(run_dir / CHECKPOINT)
     check_config_matches(cfg, meta, run_dir / CHECKPOINT)
-    device = pick_device(cfg.train.device)
     model = model_for_task(cfg, num_puzzles=int(meta.get("task_shape", {}).get("num_puzzles", 0)))
     prefix = "ema." if any(k.startswith("ema.") for k in tensors) else "model."
     load_weights(model, tensors, prefix, run_dir / CHECKPOINT)

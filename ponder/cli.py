@@ -15,7 +15,9 @@ import json
 import math
 import os
 import sys
+import types
 import typing
+from pathlib import Path
 from typing import Any, Callable
 
 from ponder import __version__, api
@@ -25,6 +27,9 @@ VERBS: dict[str, Callable[..., Any]] = {
     "train": api.train,
     "eval": api.evaluate,
     "solve": api.solve,
+    "export": api.export,
+    "trace": api.trace,
+    "compare": api.compare,
     "sample": api.sample,
     "probe": api.probe,
     "presets": api.presets,
@@ -34,6 +39,7 @@ VERBS: dict[str, Callable[..., Any]] = {
     "bench solvers": api.bench_solvers,
 }
 HIDDEN_PARAMS = {"progress"}
+OPTIONAL_POSITIONALS = {("solve", "puzzle"), ("trace", "puzzle")}  # `ponder solve [PUZZLE]`: positional, with a default
 
 
 def _arg_help(fn: Callable) -> dict[str, str]:
@@ -58,6 +64,9 @@ def _arg_help(fn: Callable) -> dict[str, str]:
 
 
 def _base_type(annotation: Any) -> Any:
+    """`X` of `X | None` (or of Optional[X]); any other annotation as it is."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return annotation
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     return args[0] if args else annotation
 
@@ -93,8 +102,12 @@ def add_verb(sub: argparse._SubParsersAction, name: str, fn: Callable, full_name
         typ = _base_type(hints.get(pname, str))
         typ = ARG_TYPES.get(typ, typ)
         text = helps.get(pname)
-        if typing.get_origin(typ) is list:
+        if typing.get_origin(typ) is list and pname == "runs":
+            parser.add_argument(pname, nargs="+", metavar="RUN", help=text)
+        elif typing.get_origin(typ) is list:
             parser.add_argument(pname, nargs="*", default=[], metavar="KEY=VALUE", help=text)
+        elif (full_name or name, pname) in OPTIONAL_POSITIONALS:
+            parser.add_argument(pname, nargs="?", type=typ, default=param.default, help=text)
         elif param.default is inspect.Parameter.empty and param.kind is inspect.Parameter.KEYWORD_ONLY:
             parser.add_argument(f"--{pname}", type=typ, required=True, metavar=pname.upper(), help=text)
         elif param.default is inspect.Parameter.empty:
@@ -136,11 +149,15 @@ def show_train(result: dict[str, Any]) -> None:
         print(f"\nstopped by {why} at step {result['step']} of {result['steps']} ({result['train_seconds']:.0f} s training); "
               f"checkpointed, no test run. Continue with: ponder train --resume {result['run']}")
         return
+    if "resumed_at" in result:  # training time counts every invocation; the total, this one only
+        times = f"{result['train_seconds']:.0f} s training over all invocations, {result['total_seconds']:.0f} s this invocation (resumed at step {result['resumed_at']})"
+    else:
+        times = f"{result['train_seconds']:.0f} s training, {result['total_seconds']:.0f} s total"
     if "loss_by_recurrence" in result:
-        print(f"\n{result['train_seconds']:.0f} s training, {result['total_seconds']:.0f} s total")
+        print(f"\n{times}")
         show_language(result)
         return
-    print(f"\ntest split: {plural(result['n'], 'example')}, {plural(result['segments'], 'segment')}, {result['train_seconds']:.0f} s training, {result['total_seconds']:.0f} s total")
+    print(f"\ntest split: {plural(result['n'], 'example')}, {plural(result['segments'], 'segment')}, {times}")
     show_scores(result)
 
 
@@ -261,9 +278,13 @@ def show_breadth(b: dict[str, Any]) -> None:
 
 
 def show_solve(result: dict[str, Any]) -> None:
-    from ponder.tasks.sudoku import render_grid
+    from ponder.tasks.sudoku import render_example
 
-    print(render_grid([0 if c == "." else int(c) for c in result["solution"]]))
+    grid = lambda text: [0 if c == "." else int(c) for c in text]  # noqa: E731
+    if result.get("example"):
+        print("an example puzzle (give your own as: ponder solve PUZZLE):")
+    print(f"puzzle                 answer of {result['model']}")
+    print(render_example(grid(result["puzzle"]), grid(result["solution"])))
     verdict = "a valid solution" if result["valid"] else "NOT a valid solution"
     how = "halted" if result["halted"] else "stopped at the segment limit"
     print(f"{verdict}; {how} after {plural(result['segments'], 'segment')} = {plural(result['network_calls'], 'network call')}")
@@ -271,6 +292,35 @@ def show_solve(result: dict[str, Any]) -> None:
         print(f"stop rule: {result['stop_rule']}")
     if not result.get("unique", True):
         print("note: this puzzle has several solutions (a proper Sudoku has one); any of them counts as valid")
+
+
+def show_trace(result: dict[str, Any]) -> None:
+    marks = "".join("?" if c is None else ("+" if c else ".") for c in result["correct_by_segment"])
+    print(f"{result['out']}: {', '.join(Path(f).name for f in result['files'])}")
+    print(f"  {plural(result['segments'], 'segment')} drawn; the stop rule stops at segment {result['stop_segment']}; right by segment: {marks}")
+    print(f"  open {Path(result['out']) / 'index.html'} in a browser")
+
+
+def show_compare(result: dict[str, Any]) -> None:
+    names = [chr(ord("A") + k) for k in range(len(result["runs"]))]
+    for name, run in zip(names, result["runs"]):
+        print(f"{name}: {run}")
+    cell = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
+    rows = list(result["config_differences"].items())
+    width = max([len(k) for k, _ in rows] + [len(k) for k in result["results"]] + [10])
+    print(("config keys that differ:".ljust(width + 2) + "".join(f"{n:>14}" for n in names)) if rows else "the configs are the same")
+    for key, values in rows:
+        print(f"  {key:<{width}}  " + "  ".join(f"{cell(v):>12}" for v in values))
+    print("results:".ljust(width + 2) + "".join(f"{n:>14}" for n in names))
+    for key, values in result["results"].items():
+        print(f"  {key.replace('_', ' '):<{width}}  " + "  ".join(f"{cell(v):>12}" for v in values))
+    if result.get("plot"):
+        print(f"curves: {result['plot']}")
+
+
+def show_export(result: dict[str, Any]) -> None:
+    print(f"{result['out']}: {', '.join(result['files'])} ({result['bytes'] / 1024:.0f} KiB)")
+    print(f"  use it with: ponder solve PUZZLE --run {result['out']}   or   ponder.load({result['out']!r})")
 
 
 def show_presets(rows: list[dict[str, Any]]) -> None:
@@ -324,7 +374,7 @@ def show_bench_solvers(rows: list[dict[str, Any]]) -> None:
 
 
 SHOW = {
-    "train": show_train, "eval": show_eval, "solve": show_solve, "sample": show_sample, "probe": show_probe, "presets": show_presets,
+    "train": show_train, "eval": show_eval, "solve": show_solve, "export": show_export, "trace": show_trace, "compare": show_compare, "sample": show_sample, "probe": show_probe, "presets": show_presets,
     "data build": show_data_build, "data show": show_data_show, "data list": show_data_list,
     "bench solvers": show_bench_solvers,
 }
@@ -356,10 +406,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 speaks for the run
-    if args.json:
-        print(json.dumps(result))
-    else:
-        SHOW[args._verb](result)
+    try:
+        if args.json:
+            print(json.dumps(result))
+        else:
+            SHOW[args._verb](result)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `ponder ... | head`: the reader has gone; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

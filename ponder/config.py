@@ -83,7 +83,9 @@ class TaskConfig:
     augmentations: int = -1  # offline augmented copies of each example besides the original (HRM's num_aug); -1: the task's default
     augment: bool = True  # a random symmetry per training example per step (tasks that define one)
     blanks: int = 40  # generated Sudoku: blanks per puzzle
+    max_blanks: int = 0  # generated Sudoku: above `blanks`, each puzzle's blank count is drawn from blanks..max_blanks, fewer where it turns minimal first (64: up to minimal puzzles); the puzzles carry a difficulty for train.curriculum_examples
     train_file: str = ""  # generated Sudoku: a CSV / puzzle-per-line file replacing the training split
+    val_file: str = ""  # generated Sudoku: a file replacing the validation split
     test_file: str = ""  # generated Sudoku: a file replacing the test split
     text_file: str = ""  # text corpora: the text to read instead of $PONDER_DATA/text/tinyshakespeare.txt
     vocab_size: int = 0  # BPE corpora: vocabulary size to train; 0: the task's default
@@ -120,6 +122,8 @@ class TrainConfig:
     decay_vectors: bool = False  # weight decay on 1-D parameters (biases, vectors) too, as the HRM/TRM code does; false: matrices only
     loss: str = "ce"  # "ce" or "stablemax"
     loss_target: str = "label"  # label: the stored answer; nearest: the right answer nearest the model's prediction, for tasks with several (maze-hard: any shortest path)
+    curriculum_examples: int = 0  # examples drawn (stream positions) over which training grows from the easiest `curriculum_start` of the training split, by its difficulty (generated Sudoku with task.max_blanks; compositional depth), to all of it; 0: off
+    curriculum_start: float = 0.1  # with curriculum_examples: the fraction of the training split (easiest first) sampled at the start
     halt_loss_weight: float = 0.5
     halt_explore_prob: float = 0.1  # chance an example gets a random minimum segment count
     wta_starts: int = 1  # winner-take-all: K latent starts per example (start 1 plain, the others with noise on the initial latents); only each example's lowest-loss start is trained (1: off; shrinking batches)
@@ -130,6 +134,7 @@ class TrainConfig:
     checkpoint_shard_mib: int = 16  # largest checkpoint file; bigger states are written in several shards
     checkpoint_moments: str = "float32"  # dtype of the optimizer moments in checkpoints: float32 (exact resume) or bfloat16 (half the size)
     log_every: int = 1  # steps per metrics line; metrics are read from the device only this often
+    tensorboard: bool = False  # also write TensorBoard event files to RUN/tensorboard (needs the tensorboard package): every logged number, the accuracy-vs-segments curve and a picture of the thinking at each validation
     seed: int = 0  # model init, data order, augmentation and exploration
     device: str = "auto"  # "auto", "cpu", "cuda", "mps", "cuda:1", ...; under torchrun each rank takes its LOCAL_RANK's GPU
     autocast: str = "auto"  # mixed precision: auto (bfloat16 on CUDA, none elsewhere), none, or bfloat16; weights stay float32

@@ -133,8 +133,9 @@ class RunLog:
     """Append-only JSONL metrics log. On resume, lines past the checkpoint's step (and
     any final test or stop line, which the resumed run writes again) are dropped."""
 
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = Path(path)
+    def __init__(self, path: Path, resume_step: int | None, mirror=None):
+        """`mirror`: an object whose `write(record)` also gets every record (TensorBoard)."""
+        self.path, self.mirror = Path(path), mirror
         if resume_step is not None and self.path.exists():
             kept = [json.dumps(r) for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step and r.get("event") not in ("test", "stop")]
             write_atomic(self.path, "".join(line + "\n" for line in kept))
@@ -143,6 +144,8 @@ class RunLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+        if self.mirror is not None:
+            self.mirror.write(record)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -183,6 +186,8 @@ def load_config(run_dir: Path) -> RunConfig:
     if not run_dir.is_dir():
         raise PonderInputError(f"{run_dir}: no such run folder")
     if not path.is_file():
+        if not any(p.name != LOCK for p in run_dir.iterdir()):
+            raise PonderInputError(f"{run_dir}: empty: the run stopped before it wrote its config; start it again with 'ponder train --out {run_dir}'")
         raise PonderInputError(f"{run_dir}: not a run folder (no {CONFIG}); expected a folder written by 'ponder train'")
     return config_from_dict(read_json(path, "a corrupt config"), str(path))
 

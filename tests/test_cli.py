@@ -92,11 +92,11 @@ def test_eval_on_a_file(tiny_run, capsys, tmp_path):
 
 def test_solve(tiny_run, capsys):
     puzzle = sudoku.format_grid(sudoku.generate(1, 30, seed=1)[0][0])
-    code, out, _ = run_cli(capsys, "solve", tiny_run, puzzle)
+    code, out, _ = run_cli(capsys, "solve", puzzle, "--run", tiny_run)
     assert code == 0 and "segment" in out and "|" in out
     chosen = json.loads((tiny_run / "results.json").read_text())["calibrated_halting"]["describe"]
     assert f"stop rule: {chosen}" in out  # the rule the run chose on validation
-    code, out, _ = run_cli(capsys, "solve", tiny_run, puzzle, "--json")
+    code, out, _ = run_cli(capsys, "solve", puzzle, "--run", tiny_run, "--json")
     result = json.loads(out)
     assert code == 0 and len(result["solution"]) == 81 and isinstance(result["valid"], bool) and result["segments"] >= 1
 
@@ -136,8 +136,8 @@ def bad_cases(tiny_run, tmp_path):
         (["train", "--device", "tpu"], "config key 'train.device': unknown device 'tpu'"),
         (["train", "--config", tmp_path / "missing.yaml"], "no such config file"),
         (["train", "lr"], "expected key=value"),
-        (["solve", tiny_run, "12345"], "expected 81 characters"),
-        (["solve", tiny_run, "a" * 81], "unexpected character 'a'"),
+        (["solve", "12345", "--run", tiny_run], "expected 81 characters"),
+        (["solve", "a" * 81, "--run", tiny_run], "unexpected character 'a'"),
         (["eval", tiny_run, "--data", wrong], "wrong.csv:2: the answer is not a complete valid"),
         (["eval", tiny_run, "--data", tmp_path / "none.csv"], "no such file"),
         (["eval", tiny_run, "--solver-iters", 0], "only attractor runs have a solver"),
@@ -146,7 +146,7 @@ def bad_cases(tiny_run, tmp_path):
         (["bench", "solvers", "--dtype", "int8"], "--dtype: expected float32 or float64"),
         (["eval", tiny_run, "--exit-tol", 0], "--exit-tol: expected a tolerance > 0"),
         (["eval", tiny_run, "--breadth", 0], "--breadth >= 1"),
-        (["solve", tiny_run, "." * 81, "--exit-tol", -1], "--exit-tol: expected a finite value >= 0"),
+        (["solve", "." * 81, "--run", tiny_run, "--exit-tol", -1], "--exit-tol: expected a finite value >= 0"),
         (["eval", tmp_path / "missing"], "no such run folder"),
         (["eval", no_config], "not a run folder"),
         (["eval", corrupt_copy(tiny_run, tmp_path)], "corrupt checkpoint"),
@@ -191,6 +191,8 @@ def test_resume_can_extend_a_finished_run(tmp_path, capsys):
     assert json.loads((run / "config.json").read_text())["model"]["hidden"] == 16
     code, _, err = run_cli(capsys, "train", "--resume", run, "model.hidden=32")
     assert code == 2 and "a resumed run keeps its config" in err
+    code, out, _ = run_cli(capsys, "train", "--resume", run, "train.steps=7")  # the summary says which times are which
+    assert code == 0 and "s training over all invocations" in out and "s this invocation (resumed at step 6)" in out
 
 
 def test_help_gives_each_verb_whole_sentences(capsys, monkeypatch):

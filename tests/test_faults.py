@@ -143,8 +143,8 @@ def test_missing_checkpoint_of_a_run_that_had_one_is_not_restarted(trained, tmp_
 def test_solve_says_when_a_puzzle_has_no_solution_or_several(trained):
     # consistent givens (no digit twice in a row, column or box), yet the top-right cell has no candidate
     with pytest.raises(PonderInputError, match="no solution"):
-        api.solve(str(trained), "12345678." + "........9" + "." * 63)
-    several = api.solve(str(trained), "." * 81)
+        api.solve("12345678." + "........9" + "." * 63, run=str(trained))
+    several = api.solve("." * 81, run=str(trained))
     assert several["unique"] is False
 
 

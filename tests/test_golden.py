@@ -19,7 +19,7 @@ STEPS = 20
 PRESETS = [
     "trm-sudoku-cpu", "hrm-sudoku-cpu", "looped-sudoku-cpu", "score-sudoku-cpu", "urm-sudoku-cpu", "depthrec-sudoku-cpu",
     "transformer-sudoku-cpu", "attractor-sudoku-cpu", "trm-bool-depth", "transformer-bool-depth", "trm-cellular",
-    "transformer-cellular", "trm-graph-reach", "transformer-graph-reach", "trm-khop", "transformer-khop",
+    "transformer-cellular", "trm-graph-reach", "transformer-graph-reach", "trm-khop", "transformer-khop", "trm-sudoku-hard-cpu",
 ]
 LM_PRESETS = [
     "gpt-shakespeare-char", "ilr-shakespeare-char", "recurrent-lm-shakespeare-char", "attractor-lm-shakespeare-char",

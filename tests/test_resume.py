@@ -74,3 +74,32 @@ def test_sigterm_checkpoints_and_stops_cleanly(tmp_path, ponder_cmd):
     assert checkpoint_step(run) == lines[-1]["step"] and not (run / "results.json").exists()
     subprocess.run(ponder_cmd + ["train", "--resume", str(run), "train.steps=" + str(lines[-1]["step"] + 2)], check=True, capture_output=True)
     assert (run / "results.json").exists()
+
+
+def test_ctrl_c_before_the_first_checkpoint_keeps_the_work(tmp_path, ponder_cmd):
+    """A first Ctrl-C (SIGINT) finishes the step, checkpoints and stops, even before the
+    first periodic checkpoint; --resume goes on from there."""
+    run = tmp_path / "run"
+    args = [a for a in ARGS if not a.startswith(("train.steps", "train.checkpoint_every"))] + ["train.steps=4000", "train.checkpoint_every=4000"]
+    proc = subprocess.Popen(ponder_cmd + ["train", "--out", str(run), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    log = run / "metrics.jsonl"
+    while (not log.exists() or log.read_text().count('"event": "train"') < 3) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopped by a signal" in out and "Ctrl-C: checkpointing" in err
+    stop = json.loads(log.read_text().splitlines()[-1])
+    assert stop["event"] == "stop" and checkpoint_step(run) == stop["step"] >= 3
+    subprocess.run(ponder_cmd + ["train", "--resume", str(run), f"train.steps={stop['step'] + 2}"], check=True, capture_output=True)
+    assert (run / "results.json").exists()
+
+
+def test_resume_of_an_empty_folder_says_what_to_do(tmp_path):
+    from ponder import api
+    from ponder.errors import PonderInputError
+
+    (tmp_path / "run").mkdir()
+    with pytest.raises(PonderInputError, match="stopped before it wrote its config; start it again with 'ponder train --out"):
+        api.train(resume=str(tmp_path / "run"), progress=False)
+

@@ -37,6 +37,12 @@ class Split:
     def __len__(self) -> int:
         return self.inputs.shape[0]
 
+    def difficulty(self) -> torch.Tensor | None:
+        """(N,) how hard each example is, for a curriculum: the split's "difficulty"
+        (generated Sudoku with task.max_blanks), else its "depth" (compositional
+        tasks), else None."""
+        return self.extra.get("difficulty", self.extra.get("depth"))
+
     @staticmethod
     def from_arrays(split: ArraySplit) -> "Split":
         tensors = {k: torch.from_numpy(v.astype("int64")) for k, v in split.extra.items()}
@@ -120,7 +126,7 @@ def load_dataset_for(cfg: TaskConfig, progress: bool = False, splits: tuple[str,
         return build(cfg, splits=splits, progress=progress)
     builder = get_builder(cfg.name)
     resolved = builder.resolve(cfg)
-    files = [Path(f) for f in (resolved.train_file, resolved.test_file) if f]
+    files = [Path(f) for f in (resolved.train_file, resolved.val_file, resolved.test_file) if f]
     sources = raw_fingerprint(builder) + [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
     spec = {"spec": builder.spec(resolved), "sources": sources, "format": 1}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]

@@ -118,33 +118,42 @@ def _parallel(fn: Callable, jobs: list, workers: int = 2, progress: str = "", un
 CHUNK = 500  # generated puzzles per independently seeded chunk
 
 
-def _sudoku_chunk(args: tuple[int, int, str]) -> tuple[np.ndarray, np.ndarray]:
-    n, blanks, seed = args
-    return sudoku.generate(n, blanks, seed=seed)
+def _sudoku_chunk(args: tuple[int, int, int, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n, blanks, max_blanks, seed = args
+    puzzles, solutions = sudoku.generate(n, blanks, seed=seed, max_blanks=max_blanks)
+    difficulty = np.array([sudoku.difficulty(p) for p in puzzles], dtype=np.int32) if max_blanks > blanks else np.zeros(0, np.int32)
+    return puzzles, solutions, difficulty
 
 
-def generate_sudoku(n: int, blanks: int, seed: int, split: str, workers: int = 2, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def generate_sudoku(n: int, blanks: int, seed: int, split: str, workers: int = 2, progress: bool = False,
+                    max_blanks: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """`n` generated puzzles and solutions, (n, 81) each, in chunks of CHUNK; chunk k
-    is seeded by (seed, split, k), so the bytes do not depend on the worker count."""
-    jobs = [(min(CHUNK, n - start), blanks, f"sudoku-{split}-{seed}-{k}") for k, start in enumerate(range(0, n, CHUNK))]
+    is seeded by (seed, split, k), so the bytes do not depend on the worker count.
+    With `max_blanks` (a spread of blank counts, `sudoku.generate`) also each puzzle's
+    (n,) `sudoku.difficulty`, else None."""
+    jobs = [(min(CHUNK, n - start), blanks, max_blanks, f"sudoku-{split}-{seed}-{k}") for k, start in enumerate(range(0, n, CHUNK))]
     parts = _parallel(_sudoku_chunk, jobs, workers, f"generating {split} puzzles" if progress else "", "puzzle", [j[0] for j in jobs])
-    return np.concatenate([p for p, _ in parts]), np.concatenate([s for _, s in parts])
+    difficulty = np.concatenate([d for _, _, d in parts]) if max_blanks > blanks else None
+    return np.concatenate([p for p, _, _ in parts]), np.concatenate([s for _, s, _ in parts]), difficulty
 
 
-def _sudoku_split(puzzles: np.ndarray, solutions: np.ndarray, ids: np.ndarray | None = None) -> ArraySplit:
-    return ArraySplit(puzzles.astype(np.uint8), solutions.astype(np.uint8), {} if ids is None else {"ids": ids})
+def _sudoku_split(puzzles: np.ndarray, solutions: np.ndarray, ids: np.ndarray | None = None, difficulty: np.ndarray | None = None) -> ArraySplit:
+    extra = {} if ids is None else {"ids": ids}
+    if difficulty is not None:
+        extra["difficulty"] = difficulty
+    return ArraySplit(puzzles.astype(np.uint8), solutions.astype(np.uint8), extra)
 
 
 def _make_sudoku(cfg: TaskConfig, splits: tuple[str, ...], progress: bool) -> Dataset:
     out = {}
     for split in splits:
-        file = {"train": cfg.train_file, "test": cfg.test_file}.get(split, "")
+        file = {"train": cfg.train_file, "val": cfg.val_file, "test": cfg.test_file}[split]
         if file:
-            puzzles, solutions = sudoku.read_puzzles(file)
+            out[split] = _sudoku_split(*sudoku.read_puzzles(file))
         else:
             size = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}[split]
-            puzzles, solutions = generate_sudoku(size, cfg.blanks, cfg.seed, split, progress=progress)
-        out[split] = _sudoku_split(puzzles, solutions)
+            puzzles, solutions, difficulty = generate_sudoku(size, cfg.blanks, cfg.seed, split, progress=progress, max_blanks=cfg.max_blanks)
+            out[split] = _sudoku_split(puzzles, solutions, difficulty=difficulty)
     return Dataset("sudoku", sudoku.VOCAB, sudoku.SIZE, out, spec={})
 
 
@@ -435,7 +444,7 @@ BUILDERS: dict[str, Builder] = {
     "sudoku": Builder(
         "sudoku", "generated 9x9 Sudoku with a unique solution and a chosen number of blanks (no download)",
         _make_sudoku, sudoku.VOCAB, sudoku.SIZE, sudoku.render_example,
-        keys=("blanks", "train_size", "val_size", "test_size", "train_file", "test_file", "augment"),
+        keys=("blanks", "max_blanks", "train_size", "val_size", "test_size", "train_file", "val_file", "test_file", "augment"),
         defaults={"train_size": 10000, "val_size": 500, "test_size": 1000},
         augment=sudoku.augment_keyed, attention_mask=sudoku.peer_mask, score=score_sudoku,
     ),

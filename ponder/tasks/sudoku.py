@@ -106,9 +106,11 @@ def _givens_consistent(grid: np.ndarray) -> bool:
 
 # ------------------------------------------------------------------------ exact solver
 
-def solve(grid, limit: int = 2) -> tuple[int, np.ndarray | None]:
+def solve(grid, limit: int = 2, stats: dict | None = None) -> tuple[int, np.ndarray | None]:
     """Count solutions of `grid` up to `limit` by backtracking with the
-    fewest-candidates rule. Returns (count, first solution or None)."""
+    fewest-candidates rule. Returns (count, first solution or None); `stats`, when
+    given, receives "guesses": the branch points visited (cells tried with two or
+    more candidates), a measure of how much search the puzzle needs."""
     cells = [int(v) for v in grid]
     rows, cols, boxes = [0] * 9, [0] * 9, [0] * 9
     for i, v in enumerate(cells):
@@ -142,6 +144,8 @@ def solve(grid, limit: int = 2) -> tuple[int, np.ndarray | None]:
             return count >= limit
         if best_n == 0:
             return False
+        if stats is not None and best_n > 1:
+            stats["guesses"] = stats.get("guesses", 0) + 1
         r, c, b = _ROW[best], _COL[best], _BOX[best]
         mask = best_mask
         while mask:
@@ -160,8 +164,26 @@ def solve(grid, limit: int = 2) -> tuple[int, np.ndarray | None]:
                 return True
         return False
 
+    if stats is not None:
+        stats["guesses"] = 0
     search()
     return count, (np.array(found[0], dtype=np.int8) if found else None)
+
+
+def guesses(grid) -> int:
+    """Branch points the exact solver visits before its first solution: 0 for a puzzle
+    that filling forced cells alone solves; the published hardest puzzles need tens to
+    hundreds, random minimal puzzles a handful."""
+    stats: dict = {}
+    solve(grid, limit=1, stats=stats)
+    return stats["guesses"]
+
+
+def difficulty(grid) -> int:
+    """Blanks plus `guesses`: the order a curriculum trains generated puzzles in (a
+    40-blank puzzle scores about 40, a random minimal one 55-65, a published hard one
+    far more)."""
+    return int((np.asarray(grid) == 0).sum()) + guesses(grid)
 
 
 def is_solution(grid) -> bool:
@@ -208,13 +230,21 @@ def random_solution(rng: random.Random) -> np.ndarray:
     return np.array(cells, dtype=np.int8)
 
 
-def generate_puzzle(rng: random.Random, blanks: int) -> tuple[np.ndarray, np.ndarray]:
-    """One (puzzle, solution) pair with exactly `blanks` blanks and a unique solution.
+QUICK_CHECK_BLANKS = 50  # see generate_puzzle
+
+
+def generate_puzzle(rng: random.Random, blanks: int, minimal_ok: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One (puzzle, solution) pair with exactly `blanks` blanks and a unique solution;
+    with `minimal_ok`, at most `blanks`: a puzzle that becomes minimal first (no given
+    can go without admitting a second solution) is returned as it is.
 
     Blanks are drawn in a random order. Removing a given can only add solutions, so if
     the first `blanks` cells of the order leave a unique puzzle, every prefix did too
     and one solver call suffices; otherwise we walk the order and skip any cell whose
-    removal would admit a second solution."""
+    removal would admit a second solution (a skipped cell stays needed, so a walk that
+    ends short has made a minimal puzzle). Above QUICK_CHECK_BLANKS blanks the one-call
+    shortcut is skipped: it rarely succeeds there, and counting the solutions of a grid
+    with under 31 random givens can take the plain backtracking solver minutes."""
     if not 0 <= blanks <= 64:
         raise PonderInputError(f"blanks: expected 0..64 (a 9x9 puzzle needs at least 17 givens), got {blanks}")
     while True:
@@ -223,7 +253,7 @@ def generate_puzzle(rng: random.Random, blanks: int) -> tuple[np.ndarray, np.nda
         rng.shuffle(order)
         puzzle = solution.copy()
         puzzle[order[:blanks]] = 0
-        if solve(puzzle, limit=2)[0] == 1:
+        if blanks <= QUICK_CHECK_BLANKS and solve(puzzle, limit=2)[0] == 1:
             return puzzle, solution
         puzzle = solution.copy()
         removed = 0
@@ -236,13 +266,19 @@ def generate_puzzle(rng: random.Random, blanks: int) -> tuple[np.ndarray, np.nda
                 removed += 1
             else:
                 puzzle[i] = keep
-        if removed == blanks:
+        if removed == blanks or minimal_ok:
             return puzzle, solution
 
 
-def generate(n: int, blanks: int, seed: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def generate(n: int, blanks: int, seed: int, progress: bool = False, max_blanks: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """`n` seeded puzzles and solutions as two (n, 81) int8 arrays. The same
-    (n, blanks, seed) gives the same bytes on every machine."""
+    (n, blanks, seed, max_blanks) gives the same bytes on every machine.
+
+    With `max_blanks` > `blanks`, each puzzle asks for a blank count drawn uniformly
+    from blanks..max_blanks and keeps fewer when it turns minimal first: a spread of
+    difficulty from `blanks` up to minimal puzzles (max_blanks=64)."""
+    if max_blanks and max_blanks < blanks:
+        raise PonderInputError(f"max_blanks: expected 0 (off) or at least blanks={blanks}, got {max_blanks}")
     rng = random.Random(seed)
     puzzles = np.zeros((n, SIZE), dtype=np.int8)
     solutions = np.zeros((n, SIZE), dtype=np.int8)
@@ -252,7 +288,10 @@ def generate(n: int, blanks: int, seed: int, progress: bool = False) -> tuple[np
 
         it = tqdm(it, desc=f"generating {n} puzzles ({blanks} blanks)", unit="puzzle", leave=False)
     for k in it:
-        puzzles[k], solutions[k] = generate_puzzle(rng, blanks)
+        if max_blanks > blanks:
+            puzzles[k], solutions[k] = generate_puzzle(rng, rng.randint(blanks, max_blanks), minimal_ok=True)
+        else:
+            puzzles[k], solutions[k] = generate_puzzle(rng, blanks)
     return puzzles, solutions
 
 

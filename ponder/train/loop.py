@@ -67,11 +67,16 @@ from ponder.train.ema import EMA
 from ponder.train.losses import answer_correct, segment_token_loss, token_loss, winners
 from ponder.train.optim import build_optimizer, build_puzzle_optimizer, lr_at
 from ponder.train.stream import ExampleStream
+from ponder.train.tensorboard import TensorBoardLog
+from ponder.train.tensorboard import require as require_tensorboard
 
 UNIT_NAMES = {"example_segments": "example_segment", "tokens": "token"}
 WTA_SALT = 0x77A0  # the winner-take-all starts' noise draws
 CARRY_LIMIT = 16 * 2**20  # the refill carry's latent state is saved in checkpoints up to this size (bytes)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+LINE_SECONDS = 30.0  # a progress line this often when the output is not a terminal
 
 
 def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = True, quiet: bool = False) -> dict[str, Any]:
@@ -95,7 +100,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False, progress: bool = 
 # What a resumed run may change: how long and where it runs, not what it computes.
 RESUMABLE_KEYS = (
     "train.steps", "train.max_minutes", "train.budget_minutes", "train.eval_every", "train.checkpoint_every", "train.checkpoint_minutes",
-    "train.log_every", "train.threads", "train.device", "train.compile", "train.peak_tflops",
+    "train.log_every", "train.threads", "train.device", "train.compile", "train.peak_tflops", "train.tensorboard",
 )
 
 
@@ -205,6 +210,48 @@ class Meter:
         return out
 
 
+class ProgressLines:
+    """The progress bar's content as plain lines, for a log file or a pipe: one line
+    every `seconds` and one at the end, with the bar's figures and an ETA. It takes the
+    calls the loop makes on a tqdm bar (`update`, `set_postfix`, `total`, `close`)."""
+
+    def __init__(self, total: int, initial: int, unit: str, seconds: float = 30.0, stream=None):
+        self.total, self.n, self.first, self.unit, self.seconds = total, initial, initial, unit, seconds
+        self.stream = stream or sys.stderr
+        self.start = self.last = time.time()
+        self.postfix: dict[str, str] = {}
+
+    def set_postfix(self, postfix: dict[str, str], refresh: bool = False) -> None:
+        self.postfix = postfix
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.time()
+        if now - self.last >= self.seconds or self.n >= self.total:
+            self.last = now
+            self.write(now)
+
+    def write(self, now: float) -> None:
+        elapsed, done = now - self.start, self.n - self.first
+        eta = (self.total - self.n) * elapsed / done if done > 0 else None
+        figures = "  ".join(f"{k} {v}" for k, v in self.postfix.items())
+        clock = f"  elapsed {_minutes(elapsed)}" + ("" if eta is None else f"  ETA {_minutes(eta)}")
+        print(f"{self.unit} {self.n}/{self.total}  {figures}{clock}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _minutes(seconds: float) -> str:
+    """'42s', '12m05s', '3h04m'."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class TrainerBase:
     """What every training run shares, whatever it trains: the launch (devices, ranks,
     checks), the optimizer and its wrappers (DDP, compile), one update, the run loop with
@@ -245,14 +292,22 @@ class TrainerBase:
         self.dist = Dist.from_environment(tc.device)
         self.device = self.dist.device
         self.main = self.dist.main
-        self.progress = progress and self.main
         self.quiet = quiet or not self.main
+        self.tensorboard = None  # a TensorBoardLog on the main rank with train.tensorboard
+        if tc.tensorboard and self.main:
+            require_tensorboard()  # a missing package fails now, before any work
+        # On a terminal: progress bars. Into a file or a pipe: plain lines every
+        # LINE_SECONDS (a bar's carriage-return redraws would fill a log with junk).
+        self.progress = progress and not self.quiet and sys.stderr.isatty()
+        self.progress_lines = progress and not self.quiet and not self.progress
         self.batching = self.batching_mode()
         if loaded is not None and loaded[1].get("batching", self.batching) != self.batching:
             # train.batching=auto resumed on another kind of device: a step must keep its meaning
             self.batching = loaded[1]["batching"]
         self.check_launch()
         self.t0 = time.time()
+        if self.progress_lines:  # a log file would otherwise say nothing while the data are built
+            print(f"preparing the data of task {cfg.task.name} ...", file=sys.stderr, flush=True)
         self.setup_data()
         self.setup_model()
         self.setup_optimizer()
@@ -376,7 +431,8 @@ class TrainerBase:
         log = None
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            log = RunLog(self.out_dir / METRICS, resume_step=self.start if self.resuming else (-1 if self.restarted else None))
+            self.tensorboard = TensorBoardLog(self.out_dir) if tc.tensorboard else None
+            log = RunLog(self.out_dir / METRICS, resume_step=self.start if self.resuming else (-1 if self.restarted else None), mirror=self.tensorboard)
             write_atomic(self.out_dir / CONFIG, cfg.to_json() + "\n")  # on resume: records any extended train.steps
             log.write({
                 "event": "resume" if self.resuming else "start", "step": self.start, "env": env, "params": count_params(self.model),
@@ -398,6 +454,8 @@ class TrainerBase:
             from tqdm import tqdm
 
             bar = tqdm(total=tc.steps, initial=self.start, desc="train", unit=self.step_unit, dynamic_ncols=True)
+        elif self.progress_lines:
+            bar = ProgressLines(total=tc.steps, initial=self.start, unit=self.step_unit, seconds=LINE_SECONDS)
         self.model.train()
         done = self.start
         last_val = None
@@ -500,20 +558,27 @@ class TrainerBase:
 
     @contextlib.contextmanager
     def stop_signals(self):
-        """SIGTERM (what a scheduler sends before it takes the machine back) asks the loop
-        to checkpoint and stop after the current step."""
+        """SIGTERM (what a scheduler sends before it takes the machine back) and a first
+        Ctrl-C (SIGINT) ask the loop to checkpoint and stop after the current step, so
+        nothing trained is lost, even before the first periodic checkpoint; a second
+        Ctrl-C quits at once."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def handler(signum, frame):
+            if signum == signal.SIGINT and self.stop_reason == "signal":
+                raise KeyboardInterrupt
             self.stop_reason = "signal"
+            if signum == signal.SIGINT and not self.quiet:
+                print("\nCtrl-C: checkpointing and stopping after this step (Ctrl-C again quits at once)", file=sys.stderr, flush=True)
 
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
     def stop_requested(self, step: int) -> bool:
         """A signal arrived, or this invocation used its `train.max_minutes`. Several
@@ -579,6 +644,8 @@ class TrainerBase:
         return result
 
     def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         self.dist.close()
 
 
@@ -609,7 +676,13 @@ class Trainer(TrainerBase):
         if self.tc.loss_target == "nearest" and self.data.nearest_answer is None:
             raise PonderInputError(f"config key 'train.loss_target': task '{self.data.name}' has one right answer per example; 'nearest' needs a task with several (maze-hard)")
         augment = self.data.augment if self.cfg.task.augment else None
-        self.stream = ExampleStream(self.data.train, self.tc.seed, self.device, augment)
+        tc = self.tc
+        if tc.curriculum_examples < 0 or not 0 < tc.curriculum_start <= 1:
+            raise PonderInputError(f"config keys 'train.curriculum_examples' >= 0 and 'train.curriculum_start' in (0, 1] expected, got {tc.curriculum_examples} and {tc.curriculum_start}")
+        if tc.curriculum_examples and self.data.train.difficulty() is None:
+            raise PonderInputError(f"config key 'train.curriculum_examples': task '{self.data.name}' has no difficulty to order a curriculum by "
+                                   "(generated Sudoku has one with task.max_blanks, compositional tasks order by depth)")
+        self.stream = ExampleStream(self.data.train, tc.seed, self.device, augment, tc.curriculum_examples, tc.curriculum_start)
         self.use_ids = self.cfg.model.puzzle_embedding
         self.val_record: tuple[int, SegmentRecord] | None = None  # (step, record) of the last validation
 
@@ -750,11 +823,26 @@ class Trainer(TrainerBase):
         which chooses its stop rule on the last validation."""
         self.val_record = (step, self.record(self.data.val, self.tc.eval_segments))
         result = score_segments(self.val_record[1], self.data.val.labels)
-        record = {"event": "val", "step": step, **result.to_dict()}
+        record = {"event": "val", "step": step, "train_seconds": round(self.train_seconds(), 1), **result.to_dict()}
         if self.log is not None:
             self.log.write(record)
+        if self.tensorboard is not None:
+            self.tensorboard.trace(self.trace_first_val(), step)
         self.meter.started = time.perf_counter()  # the speed figures count training only
         return record
+
+    def trace_first_val(self) -> dict[str, Any]:
+        """`ponder.viz.trace` data of the EMA model on the first validation example."""
+        from ponder.pretrained import Reasoner
+        from ponder.viz.trace import trace_data
+
+        model, was_training = self.eval_model, self.eval_model.training
+        model.eval()
+        try:
+            reasoner = Reasoner(self.out_dir, self.cfg, model, self.device)
+            return trace_data(reasoner, self.data.val.inputs[0], self.data.val.labels[0], self.tc.eval_segments, title="validation example 0")
+        finally:
+            model.train(was_training)
 
     def data_position(self, step: int) -> dict[str, int]:
         if self.carry is not None:
@@ -784,7 +872,8 @@ class Trainer(TrainerBase):
                 name: ablation_scores(score_segments(self.record(data.test, segments, ids), data.test.labels, score=plain_score))
                 for name, ids in ablation_ids(data.test.ids, data.num_puzzles, self.tc.seed).items()
             }
-        result = {"split": "test", "step": step, "train_seconds": round(trained_seconds, 1), "total_seconds": round(time.time() - self.t0, 1), **final.to_dict()}
+        result = {"split": "test", "step": step, "train_seconds": round(trained_seconds, 1), "total_seconds": round(time.time() - self.t0, 1),
+                  **({"resumed_at": self.start} if self.start else {}), **final.to_dict()}
         if self.main:
             self.log.write({"event": "test", **result})
             write_atomic(self.out_dir / RESULTS, json.dumps(result, indent=2) + "\n")

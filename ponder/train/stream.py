@@ -17,6 +17,11 @@ Tokens and labels live on the device as uint8 when the vocabulary allows (labels
 shifted by one so that IGNORE fits), the epoch permutations are computed on the device
 (an argsort of per-example hashes, the same on every device), and augmentation runs
 there too, vectorised; nothing is copied from the host per step.
+
+With a curriculum (`curriculum_examples` P > 0) position p < P instead draws, with
+replacement and from the key of (seed, p), one of the easiest
+ceil(N * (start + (1 - start) * p / P)) examples by the split's difficulty; from P on
+the epochs above take over. Still a pure function of the position.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from ponder.tasks.grids import IGNORE
 from ponder.tasks.keyed import example_keys, integers, mix, uniform
 
 EPOCH_SALT = 0x5EED
+CURRICULUM_SALT = 0xC0DE
 AHEAD = 8  # epochs of permutations computed beyond the ones asked for (each a sort of N)
 
 
@@ -37,9 +43,13 @@ class ExampleStream:
     def __init__(
         self, split: Split, seed: int, device: torch.device,
         augment: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        curriculum_examples: int = 0, curriculum_start: float = 0.1,
     ):
         """`augment(inputs, labels, keys)`: a random symmetry per row drawn from its
-        (B,) int64 key (`ponder.tasks.keyed`), on the device; None: no augmentation."""
+        (B,) int64 key (`ponder.tasks.keyed`), on the device; None: no augmentation.
+        `curriculum_examples` > 0: the first that many positions sample from a pool of
+        the easiest examples (by `split.difficulty()`) that grows from the fraction
+        `curriculum_start` of the split to all of it."""
         self.n = len(split)
         if self.n == 0:
             raise ValueError("the training split is empty")
@@ -51,6 +61,12 @@ class ExampleStream:
         self.labels = shifted.to(device=device, dtype=self.dtype)  # (N, L)
         self.ids = None if split.ids is None else split.ids.to(device)  # (N,)
         self._window: tuple[int, int, torch.Tensor] | None = None  # (first epoch, last epoch, their orders concatenated)
+        self.curriculum_examples, self.curriculum_start = curriculum_examples, curriculum_start
+        if curriculum_examples > 0:
+            difficulty = split.difficulty()
+            if difficulty is None:
+                raise ValueError("the training split has no difficulty to order a curriculum by")
+            self.easiest_first = torch.argsort(difficulty, stable=True).to(device)  # (N,) example indices
 
     def order(self, epoch: int) -> torch.Tensor:
         """(N,) the permutation of epoch `epoch`: examples sorted by a hash of (seed, epoch,
@@ -68,10 +84,21 @@ class ExampleStream:
         start, _, table = self._window
         return table[positions - start * self.n]
 
+    def curriculum_indices(self, positions: torch.Tensor) -> torch.Tensor:
+        """(B,) example indices of `positions` (B,) below `curriculum_examples`: a keyed
+        draw from the easiest examples, a pool growing linearly with the position."""
+        frac = self.curriculum_start + (1 - self.curriculum_start) * positions.double() / self.curriculum_examples
+        pool = torch.ceil(frac.clamp(max=1.0) * self.n).long().clamp(1, self.n)  # (B,)
+        u = uniform(example_keys(self.seed, positions), 1, salt=CURRICULUM_SALT)[:, 0].double()  # (B,) in [0, 1)
+        rank = torch.minimum((u * pool).long(), pool - 1)
+        return self.easiest_first[rank]
+
     def fetch(self, positions: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(inputs (B, L) int64, labels (B, L) int64 with IGNORE, puzzle ids (B,) or None)
         of stream `positions` (B,) int64 on the device, all in [lo, hi)."""
         idx = self.indices(positions, lo, hi)
+        if lo < self.curriculum_examples:
+            idx = torch.where(positions < self.curriculum_examples, self.curriculum_indices(positions), idx)
         inputs = self.inputs[idx].long()
         stored = self.labels[idx]
         labels = torch.where(stored == 0, IGNORE, stored.long() - 1)

@@ -91,9 +91,10 @@ def plot_language_run(run_dir: Path, train: list, val: list, test: dict | None) 
     return _save(fig, run_dir / PLOT)
 
 
-def plot_loss_curves(runs: dict[str, dict], path: str | Path, title: str = "") -> Path:
-    """Training and validation loss of several runs on shared axes, one line per run:
-    `runs[label]` holds "train" and "val" lists of [step, loss] pairs. Writes the PNG `path`."""
+def plot_loss_curves(runs: dict[str, dict], path: str | Path, title: str = "", val_label: str = "validation loss") -> Path:
+    """Training loss and a validation figure of several runs on shared axes, one line per
+    run: `runs[label]` holds "train" and "val" lists of [step, value] pairs (the
+    validation value: a loss, or `val_label`'s accuracy). Writes the PNG `path`."""
     fig, axes = _figure(11, 2)
     lines = ("-", "--", ":", "-.")  # runs that agree still show as distinct lines
     for k, (label, run) in enumerate(runs.items()):
@@ -101,7 +102,7 @@ def plot_loss_curves(runs: dict[str, dict], path: str | Path, title: str = "") -
             pairs = run.get(key) or []
             ax.plot([p[0] for p in pairs], [p[1] for p in pairs], marker + lines[k % len(lines)], lw=1.2, ms=4 - k, label=label)
     axes[0].set(xlabel="step", ylabel="loss (nats per token)", title=f"{title} training loss".strip())
-    axes[1].set(xlabel="step", ylabel="loss (nats per token)", title=f"{title} validation loss".strip())
+    axes[1].set(xlabel="step", ylabel=val_label if "loss" not in val_label else "loss (nats per token)", title=f"{title} {val_label}".strip())
     for a in axes:
         a.grid(alpha=0.3)
         a.legend()

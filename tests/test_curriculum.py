@@ -1,0 +1,108 @@
+"""Generated puzzles up to minimal ones, their difficulty, and the curriculum that
+trains the easiest first."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY
+from ponder import api
+from ponder.config import TaskConfig
+from ponder.errors import PonderInputError
+from ponder.tasks import Split, sudoku
+from ponder.tasks.builders import build
+from ponder.train.stream import ExampleStream
+
+HARD = "8..........36......7..9.2...5...7.......457.....1...3...1....68..85...1..9....4.."  # a published "hardest" puzzle
+
+
+def test_minimal_ok_returns_a_minimal_puzzle():
+    puzzle, solution = sudoku.generate_puzzle(random.Random(5), 64, minimal_ok=True)
+    assert sudoku.solve(puzzle)[0] == 1 and ((puzzle == 0) | (puzzle == solution)).all()
+    for i in np.flatnonzero(puzzle):  # every given is needed
+        fewer = puzzle.copy()
+        fewer[i] = 0
+        assert sudoku.solve(fewer, limit=2)[0] == 2
+
+
+def test_spread_of_blanks_reaches_minimal_puzzles_and_is_seeded():
+    puzzles, solutions = sudoku.generate(12, 40, seed=1, max_blanks=64)
+    blanks = (puzzles == 0).sum(1)
+    assert blanks.min() >= 40 and blanks.max() < 64 and len(set(blanks.tolist())) > 3
+    for p, s in zip(puzzles, solutions):
+        count, found = sudoku.solve(p)
+        assert count == 1 and (found == s).all()
+    again = sudoku.generate(12, 40, seed=1, max_blanks=64)
+    assert (again[0] == puzzles).all() and (again[1] == solutions).all()
+    with pytest.raises(PonderInputError, match="max_blanks"):
+        sudoku.generate(2, 40, seed=1, max_blanks=30)
+
+
+def test_guesses_measure_search():
+    solution = sudoku.solve(sudoku.parse_puzzle(HARD))[1]
+    one_blank = solution.copy()
+    one_blank[0] = 0
+    assert sudoku.guesses(one_blank) == 0 and sudoku.difficulty(one_blank) == 1
+    hard = sudoku.parse_puzzle(HARD)
+    assert sudoku.guesses(hard) > 10
+    assert sudoku.difficulty(hard) == 60 + sudoku.guesses(hard)
+    stats = {}
+    assert sudoku.solve(hard, limit=2, stats=stats)[0] == 1 and stats["guesses"] >= sudoku.guesses(hard)
+
+
+def test_builder_orders_by_difficulty_and_reads_a_val_file(tmp_path):
+    file = tmp_path / "val.txt"
+    file.write_text(HARD + "\n")
+    data = build(TaskConfig(name="sudoku", max_blanks=64, train_size=6, val_size=3, test_size=2, val_file=str(file)))
+    train = data.splits["train"]
+    assert train.extra["difficulty"].tolist() == [sudoku.difficulty(p) for p in train.inputs]
+    assert sudoku.format_grid(data.splits["val"].inputs[0]) == HARD.replace(".", ".")
+    assert "difficulty" not in build(TaskConfig(name="sudoku", train_size=2, val_size=1, test_size=1)).splits["train"].extra
+    with pytest.raises(PonderInputError, match="task.max_blanks.*not used by task 'maze-hard'"):
+        build(TaskConfig(name="maze-hard", max_blanks=60))
+
+
+def _stream(n: int, curriculum: int, start: float = 0.25) -> ExampleStream:
+    inputs = torch.arange(n)[:, None].repeat(1, 3)  # row i holds i
+    difficulty = torch.tensor([(7 * i) % n for i in range(n)])  # a scrambled order
+    split = Split(inputs, inputs.clone(), extra={"difficulty": difficulty})
+    return ExampleStream(split, seed=3, device=torch.device("cpu"), curriculum_examples=curriculum, curriculum_start=start)
+
+
+def test_curriculum_draws_the_easiest_then_hands_over_to_epochs():
+    n, P = 40, 400
+    stream, plain = _stream(n, P), _stream(n, 0)
+    positions = torch.arange(0, 2 * P)
+    drawn = stream.fetch(positions, 0, 2 * P)[0][:, 0]  # (2P,) example index per position
+    rank = torch.empty(n, dtype=torch.long)
+    rank[stream.easiest_first] = torch.arange(n)  # 0 = easiest
+    pool = [np.ceil(n * (0.25 + 0.75 * p / P)) for p in range(P)]  # easiest examples open at position p
+    assert all(rank[drawn[p]] < pool[p] for p in range(P))
+    assert rank[drawn[: P // 4]].max() < n / 2 and rank[drawn[P - 40 : P]].max() > n / 2  # the hard ones come late
+    assert torch.equal(drawn[P:], plain.fetch(positions[P:], P, 2 * P)[0][:, 0])  # epochs after P
+    assert torch.equal(stream.fetch(positions[5:9], 5, 9)[0][:, 0], drawn[5:9])  # a function of the position alone
+
+
+def test_curriculum_needs_a_difficulty(tmp_path):
+    with pytest.raises(PonderInputError, match="train.curriculum_examples.*no difficulty"):
+        api.train(TINY + ["train.steps=1", "train.curriculum_examples=10"], out=str(tmp_path / "run"), progress=False)
+
+
+def test_curriculum_run_trains(tmp_path):
+    result = api.train(TINY + ["train.steps=3", "task.max_blanks=64", "train.curriculum_examples=64"], out=str(tmp_path / "run"), progress=False)
+    assert 0 <= result["exact_accuracy"] <= 1
+
+
+def test_the_dataset_cache_sees_a_changed_val_file(tmp_path):
+    from ponder.tasks import load_dataset_for
+
+    file = tmp_path / "val.txt"
+    file.write_text(HARD + "\n")
+    cfg = TaskConfig(name="sudoku", train_size=4, val_size=1, test_size=2, val_file=str(file))
+    first = load_dataset_for(cfg).splits["val"].inputs
+    other = sudoku.format_grid(sudoku.generate(1, 30, seed=4)[0][0])
+    file.write_text(other + "\n" + other + "\n")
+    second = load_dataset_for(cfg).splits["val"].inputs
+    assert len(first) == 1 and len(second) == 2 and sudoku.format_grid(second[0]) == other

@@ -183,7 +183,7 @@ class Reasoner:
 
         tokens, kind = self._tokens(inputs)
         preds, _ = run_early_exit(self.model, tokens, segments or self.cfg.train.eval_segments, autocast=self.cfg.train.autocast,
-                                  ids=self._ids(len(tokens)), rule=self.stop_rule)
+                                  ids=self.puzzle_ids(len(tokens)), rule=self.stop_rule)
         if kind in ("text", "texts"):
             texts = [sudoku.format_grid(p) for p in preds]
             return texts[0] if kind == "text" else texts
@@ -199,7 +199,7 @@ class Reasoner:
         if len(tokens) != 1:
             raise PonderInputError(f"think: expected one example, got {len(tokens)}")
         out = []
-        for seg in think(self.model, tokens.to(self.device), segments or self.cfg.train.eval_segments, ids=self._ids(1),
+        for seg in think(self.model, tokens.to(self.device), segments or self.cfg.train.eval_segments, ids=self.puzzle_ids(1),
                          measure_change=True, autocast=self.cfg.train.autocast):
             probs = seg.out.logits.float().softmax(-1)[0]  # (L, V)
             confidence, answer = probs.max(-1)
@@ -207,7 +207,8 @@ class Reasoner:
             out.append(Thought(seg.index + 1, answer.cpu(), confidence.cpu(), halt, float(seg.change[0])))
         return out
 
-    def _ids(self, n: int) -> torch.Tensor | None:
+    def puzzle_ids(self, n: int) -> torch.Tensor | None:
+        """(n,) identifier 0 ("none") for a model with a puzzle table, else None."""
         return torch.zeros(n, dtype=torch.long, device=self.device) if self.cfg.model.puzzle_embedding else None
 
 

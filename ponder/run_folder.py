@@ -187,7 +187,7 @@ def load_config(run_dir: Path) -> RunConfig:
         raise PonderInputError(f"{run_dir}: no such run folder")
     if not path.is_file():
         if not any(p.name != LOCK for p in run_dir.iterdir()):
-            raise PonderInputError(f"{run_dir}: empty: the run stopped before it wrote its config; start it again with 'ponder train --out {run_dir}'")
+            raise PonderInputError(f"{run_dir}: empty, not a run folder (no {CONFIG}); a run stopped before it wrote anything starts again with 'ponder train --out {run_dir}'")
         raise PonderInputError(f"{run_dir}: not a run folder (no {CONFIG}); expected a folder written by 'ponder train'")
     return config_from_dict(read_json(path, "a corrupt config"), str(path))
 

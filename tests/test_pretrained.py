@@ -86,6 +86,14 @@ def test_bundled_model_is_small_and_scores_as_recorded():
     assert abs(accuracy - recorded["exact_accuracy"]) <= 0.05, (accuracy, recorded["exact_accuracy"])
 
 
+def test_verbs_take_the_bundled_name(tmp_path):
+    file = tmp_path / "three.txt"
+    file.write_text("".join(sudoku.format_grid(p) + "\n" for p in sudoku.generate(3, 40, seed=8)[0]))
+    result = api.evaluate("sudoku", data=str(file), segments=2)
+    assert result["n"] == 3 and len(result["accuracy_by_segment"]) == 2
+    assert api.solve(PUZZLE, run="sudoku")["model"] == "sudoku"
+
+
 def test_solve_with_no_arguments_solves_the_example(capsys):
     assert main(["solve"]) == 0
     out = capsys.readouterr().out
@@ -181,3 +189,21 @@ def test_tensorboard_event_files(tmp_path):
     losses = [e.value for e in events.Scalars("train/loss")]
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert losses == pytest.approx([r["loss"] for r in log if r["event"] == "train"])
+
+
+@pytest.mark.parametrize("task, seq_len, vocab", [("maze-hard", 900, 6), ("arc-agi-1", 900, 12), ("graph-reach", 81, 18)])
+def test_every_task_has_a_picture(task, seq_len, vocab, tmp_path):
+    """The page, strip and GIF draw a grid task in colour and a compositional one as tokens."""
+    from ponder.viz.trace import layout, write_gif, write_html, write_strip
+
+    shape = layout(task, seq_len, vocab)
+    assert shape["rows"] * shape["cols"] >= seq_len and len(shape["labels"]) >= vocab
+    assert (shape["colors"] is None) == (task == "graph-reach")
+    g = torch.Generator().manual_seed(0)
+    answers = [torch.randint(0, vocab, (seq_len,), generator=g).tolist() for _ in range(2)]
+    data = {"title": task, "model": "m", "task": task, "layout": shape, "inputs": answers[0], "labels": answers[1], "halting": True,
+            "stop_segment": 2, "segments": [{"segment": k + 1, "answer": a, "changed": [True] * seq_len, "wrong": [x != y for x, y in zip(a, answers[1])],
+                                             "confidence": [0.5] * seq_len, "halt_prob": 0.5, "change": 0.1, "correct": a == answers[1]}
+                                            for k, a in enumerate(answers)]}
+    for write, name in ((write_html, "index.html"), (write_strip, "strip.png"), (write_gif, "thinking.gif")):
+        assert write(data, tmp_path / name).stat().st_size > 0

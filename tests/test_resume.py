@@ -100,6 +100,6 @@ def test_resume_of_an_empty_folder_says_what_to_do(tmp_path):
     from ponder.errors import PonderInputError
 
     (tmp_path / "run").mkdir()
-    with pytest.raises(PonderInputError, match="stopped before it wrote its config; start it again with 'ponder train --out"):
+    with pytest.raises(PonderInputError, match="empty, not a run folder .* starts again with 'ponder train --out"):
         api.train(resume=str(tmp_path / "run"), progress=False)
 

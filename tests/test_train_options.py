@@ -25,6 +25,8 @@ from ponder import api
         ["model.family=depthrec", "model.cycles=3", "model.truncate_steps=2", "train.max_segments=1"],
         ["model.family=looped", "model.score_dt=0.5", "model.loop_halting=none", "model.halting=act_q"],
         ["model.grad_mode=truncated", "model.truncate_steps=2"],
+        ["model.norm=pre"],
+        ["model.family=transformer", "model.norm=pre", "model.positions=learned"],
     ],
 )
 def test_option_trains(tmp_path, options):

@@ -318,8 +318,6 @@ class LMTrainer(TrainerBase):
             result["split"] = "val (loss), test (answers)"
             result["answers"] = answers_by_recurrence(self.eval_model, self.tokenizer, problems, self.recurrences(), tc.autocast)
         result["total_seconds"] = round(time.time() - self.t0, 1)
-        if self.start:
-            result["resumed_at"] = self.start
         if self.main:
             self.log.write({"event": "test", **result})
             write_atomic(self.out_dir / RESULTS, json.dumps(result, indent=2) + "\n")

@@ -51,6 +51,7 @@ def build_model(cfg: ModelConfig, vocab: int, seq_len: int, task_mask: torch.Ten
         mlp_multiple=cfg.mlp_multiple,
         mlp_conv=cfg.mlp_conv,
         attention_mask=task_mask if cfg.attention_mask == "task" else None,
+        norm=cfg.norm,
         halting=cfg.halting,
         halt_readout=cfg.halt_readout,
         puzzle_prefix=cfg.puzzle_prefix,

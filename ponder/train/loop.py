@@ -307,7 +307,7 @@ class TrainerBase:
         self.check_launch()
         self.t0 = time.time()
         if self.progress_lines:  # a log file would otherwise say nothing while the data are built
-            print(f"preparing the data of task {cfg.task.name} ...", file=sys.stderr, flush=True)
+            print(f"preparing the data of task {cfg.task.name} ...", flush=True)
         self.setup_data()
         self.setup_model()
         self.setup_optimizer()
@@ -482,7 +482,9 @@ class TrainerBase:
                     break
         if self.stop_reason is not None and done < tc.steps:
             return self.stopped(done)
-        return self.finish(done)
+        result = self.finish(done)
+        # for the summary only (the log and results.json describe the run, not this invocation)
+        return {**result, "resumed_at": self.start} if self.start else result
 
     def write_train(self, step: int, lr: float) -> dict[str, Any]:
         m = self.meter.read(self.dist)
@@ -872,8 +874,7 @@ class Trainer(TrainerBase):
                 name: ablation_scores(score_segments(self.record(data.test, segments, ids), data.test.labels, score=plain_score))
                 for name, ids in ablation_ids(data.test.ids, data.num_puzzles, self.tc.seed).items()
             }
-        result = {"split": "test", "step": step, "train_seconds": round(trained_seconds, 1), "total_seconds": round(time.time() - self.t0, 1),
-                  **({"resumed_at": self.start} if self.start else {}), **final.to_dict()}
+        result = {"split": "test", "step": step, "train_seconds": round(trained_seconds, 1), "total_seconds": round(time.time() - self.t0, 1), **final.to_dict()}
         if self.main:
             self.log.write({"event": "test", **result})
             write_atomic(self.out_dir / RESULTS, json.dumps(result, indent=2) + "\n")

@@ -71,7 +71,7 @@ def trace_data(reasoner, tokens: torch.Tensor, labels: torch.Tensor | None = Non
     from ponder.eval.evaluate import run_early_exit
 
     _, used = run_early_exit(reasoner.model, tokens[None].to(reasoner.device), len(steps), autocast=reasoner.cfg.train.autocast,
-                             ids=reasoner._ids(1), rule=reasoner.stop_rule)
+                             ids=reasoner.puzzle_ids(1), rule=reasoner.stop_rule)
     stop = int(used[0])  # where the model's own stop rule (`ponder solve`) stops
     return {
         "title": title or f"{reasoner.cfg.model.family} on {reasoner.task}",

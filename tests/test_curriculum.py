@@ -106,3 +106,18 @@ def test_the_dataset_cache_sees_a_changed_val_file(tmp_path):
     file.write_text(other + "\n" + other + "\n")
     second = load_dataset_for(cfg).splits["val"].inputs
     assert len(first) == 1 and len(second) == 2 and sudoku.format_grid(second[0]) == other
+
+
+def test_the_dataset_cache_is_rebuilt_when_the_task_code_changes(monkeypatch):
+    import ponder.tasks as tasks
+
+    cfg = TaskConfig(name="sudoku", train_size=4, val_size=1, test_size=2, seed=7)
+    calls = []
+    real_build = __import__("ponder.tasks.builders", fromlist=["build"]).build
+    monkeypatch.setattr("ponder.tasks.builders.build", lambda *a, **k: calls.append(1) or real_build(*a, **k))
+    tasks.load_dataset_for(cfg)
+    tasks.load_dataset_for(cfg)
+    assert len(calls) == 1  # the second load read the cache
+    monkeypatch.setattr(tasks, "code_fingerprint", lambda: "another generator")
+    tasks.load_dataset_for(cfg)
+    assert len(calls) == 2  # a changed generator builds again

@@ -108,11 +108,20 @@ def cache_root() -> Path | None:
     return Path(env) if env else Path.home() / ".cache" / "ponder"
 
 
+def code_fingerprint() -> str:
+    """SHA-256 of the task code (`ponder/tasks/*.py`): a cached build is used only by
+    the generators that made it; a changed generator or encoding builds again."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def load_dataset_for(cfg: TaskConfig, progress: bool = False, splits: tuple[str, ...] = ("train", "val", "test")) -> Dataset:
     """The config's dataset: the folder `task.data_dir`, or built from the config (only
     `splits`). A whole build (all three splits) is kept in the cache folder under a
-    hash of its spec and raw files, so the next start or resume reads it instead of
-    building it again."""
+    hash of its spec, its raw files and the task code, so the next start or resume
+    reads it instead of building it again."""
     from ponder.tasks.builders import SPLITS, build, get_builder, raw_fingerprint
     from ponder.tasks.dataset import save_dataset
 
@@ -128,7 +137,7 @@ def load_dataset_for(cfg: TaskConfig, progress: bool = False, splits: tuple[str,
     resolved = builder.resolve(cfg)
     files = [Path(f) for f in (resolved.train_file, resolved.val_file, resolved.test_file) if f]
     sources = raw_fingerprint(builder) + [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
-    spec = {"spec": builder.spec(resolved), "sources": sources, "format": 1}
+    spec = {"spec": builder.spec(resolved), "sources": sources, "code": code_fingerprint(), "format": 1}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     folder = root / "datasets" / f"{cfg.name}-{key}"
     if (folder / MANIFEST).is_file():

@@ -79,20 +79,23 @@ def report(run: Path, data: Path, segments: int, starts: int, out: Path | None) 
 
 
 def difficulty_table(run: Path, data: Path, n: int) -> str:
+    """Quantiles of `sudoku.difficulty` over the run's first `n` training puzzles
+    (generated again: chunks are seeded by position, so they are the run's own) and over
+    the first `n` test puzzles."""
     from ponder.run_folder import load_config
-    from ponder.tasks import load_dataset_for
+    from ponder.tasks.builders import generate_sudoku
     from ponder.tasks.dataset import load_dataset
 
-    train = load_dataset_for(load_config(run).task).splits["train"]
+    task = load_config(run).task
+    _, _, train = generate_sudoku(n, task.blanks, task.seed, "train", max_blanks=task.max_blanks)
     test = load_dataset(data).splits["test"]
-    rows = {"training puzzles (all)": train.extra["difficulty"].tolist(),
-            f"test puzzles (first {n})": [sudoku.difficulty(p) for p in test.inputs[:n]]}
+    rows = {f"training puzzles (first {n})": train.tolist(), f"test puzzles (first {n})": [sudoku.difficulty(p) for p in test.inputs[:n]]}
     qs = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
-    lines = ["| puzzles | n | " + " | ".join(f"{int(q * 100)}th pct" for q in qs) + " | max |", "|---" * (len(qs) + 3) + "|"]
+    lines = ["| puzzles | " + " | ".join(f"{int(q * 100)}th pct" for q in qs) + " | max |", "|---" * (len(qs) + 2) + "|"]
     for name, values in rows.items():
         values = sorted(values)
         pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
-        lines.append(f"| {name} | {len(values)} | " + " | ".join(str(pick(q)) for q in qs) + f" | {values[-1]} |")
+        lines.append(f"| {name} | " + " | ".join(str(pick(q)) for q in qs) + f" | {values[-1]} |")
     return "\n".join(lines)
 
 
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("difficulty")
     d.add_argument("run", type=Path)
     d.add_argument("--data", type=Path, required=True)
-    d.add_argument("--n", type=int, default=200)
+    d.add_argument("--n", type=int, default=500)
     r = sub.add_parser("report")
     r.add_argument("run", type=Path)
     r.add_argument("--data", type=Path, required=True)

@@ -300,6 +300,16 @@ def probe(run: str, prompt: str, recurrence: int = 0, out: str | None = None) ->
 EXAMPLE_PUZZLE = "8....9..349.8..67535....981.1..8246..24.168.96....41...46.7.398......714..3...526"  # solved when no puzzle is given
 
 
+def checked_sudoku(puzzle: str) -> tuple:
+    """(grid, solution count up to 2, first solution) of an 81-character puzzle ("": the
+    example puzzle), or a one-line error when it is malformed or has no solution."""
+    grid = sudoku.parse_puzzle(puzzle or EXAMPLE_PUZZLE, where="puzzle")
+    count, solution = sudoku.solve(grid, limit=2)
+    if count == 0:
+        raise PonderInputError("puzzle: its givens admit no solution (checked by the exact solver); expected a solvable Sudoku")
+    return grid, count, solution
+
+
 def solve(puzzle: str = "", run: str = "sudoku", segments: int | None = None, exit_tol: float = 0.0) -> dict[str, Any]:
     """Solve one Sudoku (81 characters, '.' or '0' for a blank) with a trained model: the bundled one unless --run names another.
 
@@ -318,27 +328,24 @@ def solve(puzzle: str = "", run: str = "sudoku", segments: int | None = None, ex
     """
     if not 0 <= exit_tol < math.inf:
         raise PonderInputError(f"--exit-tol: expected a finite value >= 0, got {exit_tol}")
-    example = not puzzle
-    puzzle = puzzle or EXAMPLE_PUZZLE
-    grid = sudoku.parse_puzzle(puzzle, where="puzzle")
-    count, _ = sudoku.solve(grid, limit=2)
-    if count == 0:
-        raise PonderInputError("puzzle: its givens admit no solution (checked by the exact solver); expected a solvable Sudoku")
-    cfg, model, device = load_trained(run)
+    from ponder.pretrained import load
+
+    grid, count, _ = checked_sudoku(puzzle)
+    reasoner = load(run)
+    model, cfg = reasoner.model, reasoner.cfg
     if (model.vocab, model.seq_len) != (sudoku.VOCAB, sudoku.SIZE):
         raise PonderInputError(f"{run}: not a Sudoku model (task '{cfg.task.name}'); 'ponder solve' takes Sudoku runs")
     n_segments = check_segments(segments, cfg.train.eval_segments)
-    tokens = torch.from_numpy(grid).long()[None].to(device)  # (1, 81)
-    rule = stop_rule_of(run, cfg.model.halting != "none")
+    tokens = torch.from_numpy(grid).long()[None].to(reasoner.device)  # (1, 81)
+    rule = reasoner.stop_rule
     if exit_tol > 0:
         rule = dataclasses.replace(rule, exit_tol=exit_tol)
-    ids = torch.zeros(1, dtype=torch.long, device=device) if cfg.model.puzzle_embedding else None
-    preds, used = run_early_exit(model, tokens, n_segments, autocast=cfg.train.autocast, ids=ids, rule=rule)
+    preds, used = run_early_exit(model, tokens, n_segments, autocast=cfg.train.autocast, ids=reasoner.puzzle_ids(1), rule=rule)
     answer, segments_used = preds[0].numpy(), int(used[0])
     valid = sudoku.is_solution(answer) and bool(((grid == 0) | (grid == answer)).all())
     return {
         "model": str(run),
-        "example": example,
+        "example": not puzzle,
         "puzzle": sudoku.format_grid(grid),
         "solution": sudoku.format_grid(answer),
         "valid": valid,
@@ -391,10 +398,7 @@ def trace(puzzle: str = "", run: str = "sudoku", out: str = "trace", example: in
     else:
         if reasoner.model.seq_len != sudoku.SIZE or reasoner.model.vocab != sudoku.VOCAB:
             raise PonderInputError(f"{run}: a {reasoner.task} model; draw one of its examples with --example N")
-        grid = sudoku.parse_puzzle(puzzle or EXAMPLE_PUZZLE, where="puzzle")
-        count, solution = sudoku.solve(grid, limit=2)
-        if count == 0:
-            raise PonderInputError("puzzle: its givens admit no solution (checked by the exact solver); expected a solvable Sudoku")
+        grid, count, solution = checked_sudoku(puzzle)
         tokens = torch.from_numpy(grid.astype("int64"))
         labels = torch.from_numpy(solution.astype("int64")) if count == 1 else None  # wrong cells are marked only against the one solution
         title = "a Sudoku" if puzzle else "the example Sudoku"

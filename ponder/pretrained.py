@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ def export(run: str | Path, out: str | Path, command: str = "") -> dict[str, Any
     `ponder train --config config.json`, which repeats the run). Written beside `out`
     first and renamed into place, so an interrupted export leaves nothing half-written."""
     from ponder.api import load_trained
+    from ponder.models import count_params
 
     run_dir, out = Path(run), Path(out)
     cfg, model, _ = load_trained(run_dir)
@@ -98,7 +100,7 @@ def export(run: str | Path, out: str | Path, command: str = "") -> dict[str, Any
     (staging / CONFIG).write_text(cfg.to_json() + "\n")
     kept = {k: v for k, v in results.items() if k not in ("run",)}
     (staging / RESULTS).write_text(json.dumps(kept, indent=2) + "\n")
-    (staging / CARD).write_text(model_card(cfg, kept, sum(v.numel() for v in weights.values()), command, env))
+    (staging / CARD).write_text(model_card(cfg, kept, count_params(model), command, env))
     if out.exists():
         out.rmdir()
     staging.rename(out)
@@ -137,8 +139,13 @@ class Thought:
     segment: int  # 1-based
     answer: torch.Tensor  # (L,) int64 the answer after this segment
     confidence: torch.Tensor  # (L,) float the top probability at each position
-    halt_prob: float  # the halting head's probability of stopping here (0.5 for a model without one)
+    halt_logit: float  # the halting head's logit (> 0: it would stop here)
     change: float  # relative change of the latent state over this segment
+
+    @property
+    def halt_prob(self) -> float:
+        """The halting head's probability of stopping here."""
+        return 1.0 / (1.0 + math.exp(-self.halt_logit))
 
 
 class Reasoner:
@@ -203,7 +210,7 @@ class Reasoner:
                          measure_change=True, autocast=self.cfg.train.autocast):
             probs = seg.out.logits.float().softmax(-1)[0]  # (L, V)
             confidence, answer = probs.max(-1)
-            halt = torch.sigmoid(seg.out.halt_logits.float()[0]).item() if self.cfg.model.halting != "none" else 0.5
+            halt = float(seg.out.halt_logits.float()[0]) if self.cfg.model.halting != "none" else 0.0
             out.append(Thought(seg.index + 1, answer.cpu(), confidence.cpu(), halt, float(seg.change[0])))
         return out
 

@@ -68,11 +68,12 @@ def trace_data(reasoner, tokens: torch.Tensor, labels: torch.Tensor | None = Non
             "correct": None if wrong is None else not any(wrong),
         })
         previous = t.answer
-    from ponder.eval.evaluate import run_early_exit
+    from ponder.eval.stopping import SegmentRecord
 
-    _, used = run_early_exit(reasoner.model, tokens[None].to(reasoner.device), len(steps), autocast=reasoner.cfg.train.autocast,
-                             ids=reasoner.puzzle_ids(1), rule=reasoner.stop_rule)
-    stop = int(used[0])  # where the model's own stop rule (`ponder solve`) stops
+    record = SegmentRecord(  # the thoughts as evaluation records them: (1, S, L) and (1, S)
+        torch.stack([t.answer for t in thoughts])[None], torch.tensor([[t.halt_logit for t in thoughts]]),
+        torch.tensor([[t.change for t in thoughts]]), torch.stack([t.confidence.min() for t in thoughts])[None])
+    stop = int(reasoner.stop_rule.first_stop(record)[0]) + 1  # where the model's own stop rule (`ponder solve`) stops
     return {
         "title": title or f"{reasoner.cfg.model.family} on {reasoner.task}",
         "model": str(reasoner.folder),

@@ -157,3 +157,24 @@ def test_convergence_exit_row_equals_running_it_alone():
     # the measure itself: a direct relative norm for a one-latent state
     old, new = (torch.ones(2, 3, 4),), (torch.ones(2, 3, 4) * torch.tensor([1.0, 2.0])[:, None, None],)
     assert torch.allclose(state_change(old, new), torch.tensor([0.0, 0.5]))
+
+
+@pytest.mark.parametrize("cls", [TRM, HRM])
+def test_pre_norm_state_keeps_its_scale_over_segments(cls):
+    """Pre-norm blocks leave the residual stream unnormalised; a recurrent model feeds
+    each call's output into the next, so without the network's output norm the state
+    would grow with every call (TRM's y and z add up like Fibonacci numbers)."""
+    model = tiny(cls, norm="pre")
+    tokens = torch.randint(0, 10, (3, 9))
+    state, scales = None, []
+    with torch.no_grad():
+        for _ in range(8):
+            state = model(tokens, state).state
+            scales.append(max(s.pow(2).mean(-1).sqrt().max().item() for s in state))  # largest per-position RMS
+    assert max(scales) < 1.01 and min(scales) > 0.99
+    model.net.out_norm = None  # what the blocks alone would give
+    state = None
+    with torch.no_grad():
+        for _ in range(8):
+            state = model(tokens, state).state
+    assert max(s.pow(2).mean(-1).sqrt().max().item() for s in state) > 10

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ponder.models.halting import segment_halting
-from ponder.nn.blocks import POSITIONS, InputEmbedding, Stack, linear, make_norm, truncated_normal_
+from ponder.nn.blocks import POSITIONS, InputEmbedding, Stack, linear, truncated_normal_
 from ponder.solvers import grad_steps, run_schedule
 
 State = tuple[torch.Tensor, ...]  # each (B, P + L, D): P prefix positions (usually 0), L tokens
@@ -67,7 +67,8 @@ class RecurrentModel(nn.Module):
     ):
         """`positions`: rope, learned or none (auto: rope with attention, learned with the
         sequence MLP). `norm`: the blocks' residual form (`ponder.nn.blocks.Block`); with
-        "pre" the state is read through a final (parameter-free) RMS norm. `puzzle_prefix`: P extra positions in front of the L tokens, the
+        "pre" every network call ends with a parameter-free RMS norm (`Stack(out_norm=True)`),
+        so the recurrent state keeps one scale however many calls and segments run. `puzzle_prefix`: P extra positions in front of the L tokens, the
         first holding the puzzle vector (`InputEmbedding`); the state then has P + L
         positions and the answer head reads the last L. `halt_readout`: see
         `ponder.models.halting` (auto: first with a prefix, else pooled)."""
@@ -95,8 +96,8 @@ class RecurrentModel(nn.Module):
         self.stack_args = dict(
             dim=hidden, heads=heads, layers=layers, expansion=expansion, mixer=mixer, seq_len=width,
             rope=positions == "rope", mask=attention_mask, mlp_multiple=mlp_multiple, mlp_conv=mlp_conv, norm=norm,
+            out_norm=norm == "pre",  # no parameters: the init order stays
         )
-        self.final_norm = make_norm("rms", hidden, affine=False) if norm == "pre" else None  # no parameters: the init order stays
         self.embed = InputEmbedding(vocab, hidden, seq_len, learned_positions=positions == "learned", num_puzzles=num_puzzles, prefix=puzzle_prefix)
 
     def make_stack(self) -> Stack:
@@ -138,8 +139,6 @@ class RecurrentModel(nn.Module):
     def heads(self, state: State, aux_loss: torch.Tensor | None = None) -> SegmentOutput:
         """Answer and halting heads on the state after a segment."""
         y = self.readout(state)  # (B, P + L, D)
-        if self.final_norm is not None:
-            y = self.final_norm(y)
         halt_logits, q_logits = self.halt_head.logits(y, self.prefix)  # (B,), (B, 2) or None
         logits = self.head(y[:, self.prefix :])  # (B, L, V): the answer positions
         return SegmentOutput(state=state, logits=logits, halt_logits=halt_logits, q_logits=q_logits, aux_loss=aux_loss)

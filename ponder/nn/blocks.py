@@ -431,17 +431,21 @@ class Block(nn.Module):
 class Stack(nn.Module):
     """`layers` blocks applied in order: the small network a recurrent model reuses.
     `norm`, `causal`, `norm_affine`, `norm_kind`, `mlp_kind`, `bias`, `norm_eps`, `cell`:
-    see `Block`. RoPE applies to attention only."""
+    see `Block`. RoPE applies to attention only. `out_norm`: end with a parameter-free
+    RMS norm (what a recurrent model with pre-norm blocks needs)."""
 
     def __init__(
         self, dim: int, heads: int, layers: int, expansion: float, mixer: str, seq_len: int, rope: bool,
         mask: torch.Tensor | None = None, mlp_multiple: int = 16, mlp_conv: int = 0,
         norm: str = "post", causal: bool = False, norm_affine: bool = False,
         norm_kind: str = "rms", mlp_kind: str = "swiglu", bias: bool = False, norm_eps: float = 1e-5,
-        cell: str = "diag_gru",
+        cell: str = "diag_gru", out_norm: bool = False,
     ):
         super().__init__()
         rotary = Rotary(dim // heads, seq_len) if (rope and mixer == "attention") else None
+        # A parameter-free RMS norm on the output: pre-norm blocks leave the residual stream
+        # unnormalised, and a network whose output feeds its next input would grow it every call.
+        self.out_norm = make_norm("rms", dim, affine=False) if out_norm else None
         kinds = dict(norm_kind=norm_kind, mlp_kind=mlp_kind, bias=bias, norm_eps=norm_eps, cell=cell)
         self.blocks = nn.ModuleList(
             Block(dim, heads, expansion, mixer, seq_len, rotary, mask, mlp_multiple, mlp_conv, norm, causal, norm_affine, **kinds)
@@ -452,7 +456,7 @@ class Stack(nn.Module):
         """h: (B, L, D) -> (B, L, D). With `cache`, block i's entry is named `key + (i,)`."""
         for i, block in enumerate(self.blocks):
             h = block(h, cache, (*key, i)) if cache is not None else block(h)
-        return h
+        return h if self.out_norm is None else self.out_norm(h)
 
 
 class InputEmbedding(nn.Module):

@@ -87,7 +87,7 @@ def difficulty_table(run: Path, data: Path, n: int) -> str:
     from ponder.tasks.dataset import load_dataset
 
     task = load_config(run).task
-    _, _, train = generate_sudoku(n, task.blanks, task.seed, "train", max_blanks=task.max_blanks)
+    _, _, train = generate_sudoku(n, task.blanks, task.seed, "train", max_blanks=task.max_blanks, harden_steps=task.harden_steps)
     test = load_dataset(data).splits["test"]
     rows = {f"training puzzles (first {n})": train.tolist(), f"test puzzles (first {n})": [sudoku.difficulty(p) for p in test.inputs[:n]]}
     qs = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)

@@ -85,6 +85,7 @@ class TaskConfig:
     augment: bool = True  # a random symmetry per training example per step (tasks that define one)
     blanks: int = 40  # generated Sudoku: blanks per puzzle
     max_blanks: int = 0  # generated Sudoku: above `blanks`, each puzzle's blank count is drawn from blanks..max_blanks, fewer where it turns minimal first (64: up to minimal puzzles); the puzzles carry a difficulty for train.curriculum_examples
+    harden_steps: int = 0  # generated Sudoku: hill-climb each puzzle this many moves toward more search (sudoku.harden: a given swapped for a blank, kept when the puzzle stays unique and the solver's search does not shrink); the puzzles carry a difficulty
     train_file: str = ""  # generated Sudoku: a CSV / puzzle-per-line file replacing the training split
     val_file: str = ""  # generated Sudoku: a file replacing the validation split
     test_file: str = ""  # generated Sudoku: a file replacing the test split

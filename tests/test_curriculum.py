@@ -52,6 +52,31 @@ def test_guesses_measure_search():
     assert sudoku.solve(hard, limit=2, stats=stats)[0] == 1 and stats["guesses"] >= sudoku.guesses(hard)
 
 
+def test_harden_keeps_the_answer_and_climbs_toward_more_search():
+    puzzles, solutions = sudoku.generate(4, 40, seed=2, max_blanks=64)
+    grew = 0
+    for k, (p, s) in enumerate(zip(puzzles, solutions)):
+        hard = sudoku.harden(p, s, random.Random(k), steps=60)
+        count, found = sudoku.solve(hard, limit=2)
+        assert count == 1 and (found == s).all()  # still unique, the same answer
+        assert sudoku.search_size(hard)[1] >= sudoku.search_size(p)[1]
+        assert (sudoku.harden(p, s, random.Random(k), steps=60) == hard).all()  # seeded
+        grew += sudoku.search_size(hard)[1] > sudoku.search_size(p)[1]
+    assert grew >= 2
+
+
+def test_hardened_splits_do_not_depend_on_the_worker_count():
+    from ponder.tasks.builders import generate_sudoku
+
+    one = generate_sudoku(5, 40, 0, "train", workers=1, max_blanks=64, harden_steps=10)
+    two = generate_sudoku(5, 40, 0, "train", workers=2, max_blanks=64, harden_steps=10)
+    plain = generate_sudoku(5, 40, 0, "train", workers=1, max_blanks=64)
+    assert all((a == b).all() for a, b in zip(one, two))
+    assert (one[1] == plain[1]).all() and not (one[0] == plain[0]).all()  # same solutions, other puzzles
+    assert one[2].tolist() == [sudoku.difficulty(p) for p in one[0]]
+    assert generate_sudoku(3, 40, 0, "train", workers=1, harden_steps=5)[2] is not None  # a difficulty for the curriculum
+
+
 def test_builder_orders_by_difficulty_and_reads_a_val_file(tmp_path):
     file = tmp_path / "val.txt"
     file.write_text(HARD + "\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,23 +119,43 @@ def _parallel(fn: Callable, jobs: list, workers: int = 2, progress: str = "", un
 CHUNK = 500  # generated puzzles per independently seeded chunk
 
 
-def _sudoku_chunk(args: tuple[int, int, int, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+HARDEN_CHUNK = 20  # puzzles per hardening job (a job's puzzles are seeded one by one)
+
+
+def _sudoku_chunk(args: tuple[int, int, int, str]) -> tuple[np.ndarray, np.ndarray]:
     n, blanks, max_blanks, seed = args
-    puzzles, solutions = sudoku.generate(n, blanks, seed=seed, max_blanks=max_blanks)
-    difficulty = np.array([sudoku.difficulty(p) for p in puzzles], dtype=np.int32) if max_blanks > blanks else np.zeros(0, np.int32)
-    return puzzles, solutions, difficulty
+    return sudoku.generate(n, blanks, seed=seed, max_blanks=max_blanks)
+
+
+def _harden_chunk(args: tuple[np.ndarray, np.ndarray, int, list[str]]) -> np.ndarray:
+    puzzles, solutions, steps, seeds = args
+    return np.stack([sudoku.harden(p, s, random.Random(seed), steps) for p, s, seed in zip(puzzles, solutions, seeds)])
 
 
 def generate_sudoku(n: int, blanks: int, seed: int, split: str, workers: int = 2, progress: bool = False,
-                    max_blanks: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                    max_blanks: int = 0, harden_steps: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """`n` generated puzzles and solutions, (n, 81) each, in chunks of CHUNK; chunk k
     is seeded by (seed, split, k), so the bytes do not depend on the worker count.
-    With `max_blanks` (a spread of blank counts, `sudoku.generate`) also each puzzle's
-    (n,) `sudoku.difficulty`, else None."""
+    With `harden_steps`, each puzzle is then hill-climbed toward more search
+    (`sudoku.harden`, seeded by its own index). With `max_blanks` or `harden_steps`
+    also each puzzle's (n,) `sudoku.difficulty`, else None."""
     jobs = [(min(CHUNK, n - start), blanks, max_blanks, f"sudoku-{split}-{seed}-{k}") for k, start in enumerate(range(0, n, CHUNK))]
     parts = _parallel(_sudoku_chunk, jobs, workers, f"generating {split} puzzles" if progress else "", "puzzle", [j[0] for j in jobs])
-    difficulty = np.concatenate([d for _, _, d in parts]) if max_blanks > blanks else None
-    return np.concatenate([p for p, _, _ in parts]), np.concatenate([s for _, s, _ in parts]), difficulty
+    puzzles, solutions = np.concatenate([p for p, _ in parts]), np.concatenate([s for _, s in parts])
+    if harden_steps:
+        starts = range(0, n, HARDEN_CHUNK)
+        jobs = [(puzzles[i : i + HARDEN_CHUNK], solutions[i : i + HARDEN_CHUNK], harden_steps,
+                 [f"sudoku-{split}-{seed}-harden-{j}" for j in range(i, min(i + HARDEN_CHUNK, n))]) for i in starts]
+        label = f"hardening {split} puzzles ({harden_steps} moves each)" if progress else ""
+        puzzles = np.concatenate(_parallel(_harden_chunk, jobs, workers, label, "puzzle", [len(j[0]) for j in jobs]))
+    if not (max_blanks > blanks or harden_steps):
+        return puzzles, solutions, None
+    difficulty = _parallel(_difficulties, [puzzles[i : i + CHUNK] for i in range(0, n, CHUNK)], workers)
+    return puzzles, solutions, np.concatenate(difficulty)
+
+
+def _difficulties(puzzles: np.ndarray) -> np.ndarray:
+    return np.array([sudoku.difficulty(p) for p in puzzles], dtype=np.int32)
 
 
 def _sudoku_split(puzzles: np.ndarray, solutions: np.ndarray, ids: np.ndarray | None = None, difficulty: np.ndarray | None = None) -> ArraySplit:
@@ -152,7 +173,8 @@ def _make_sudoku(cfg: TaskConfig, splits: tuple[str, ...], progress: bool) -> Da
             out[split] = _sudoku_split(*sudoku.read_puzzles(file))
         else:
             size = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}[split]
-            puzzles, solutions, difficulty = generate_sudoku(size, cfg.blanks, cfg.seed, split, progress=progress, max_blanks=cfg.max_blanks)
+            puzzles, solutions, difficulty = generate_sudoku(size, cfg.blanks, cfg.seed, split, progress=progress, max_blanks=cfg.max_blanks,
+                                                             harden_steps=cfg.harden_steps)
             out[split] = _sudoku_split(puzzles, solutions, difficulty=difficulty)
     return Dataset("sudoku", sudoku.VOCAB, sudoku.SIZE, out, spec={})
 
@@ -444,7 +466,7 @@ BUILDERS: dict[str, Builder] = {
     "sudoku": Builder(
         "sudoku", "generated 9x9 Sudoku with a unique solution and a chosen number of blanks (no download)",
         _make_sudoku, sudoku.VOCAB, sudoku.SIZE, sudoku.render_example,
-        keys=("blanks", "max_blanks", "train_size", "val_size", "test_size", "train_file", "val_file", "test_file", "augment"),
+        keys=("blanks", "max_blanks", "harden_steps", "train_size", "val_size", "test_size", "train_file", "val_file", "test_file", "augment"),
         defaults={"train_size": 10000, "val_size": 500, "test_size": 1000},
         augment=sudoku.augment_keyed, attention_mask=sudoku.peer_mask, score=score_sudoku,
     ),

@@ -26,12 +26,13 @@ bool-depth   A nested boolean expression in prefix notation over the literals 0 
                  L = 64; every operator is labelled with the value (0 / 1) of the
                  sub-expression it heads, so position 0 holds the whole expression's value.
 
-khop         A table of facts a -> f(a), one per entity, and a query entity x followed
-             by k hop markers: f(x), f(f(x)), ..., f^k(x). Depth = k, written in unary as
-             a run of the same marker `>`. x, f(x), ..., f^k(x) are distinct, so no cycle
-             shortens the chain.
-                 [24 facts: a, f(a)] [x] [16 hop slots: `>` * k then `.`]
-                 L = 65; hop slot i (1 <= i <= k) is labelled with the entity f^i(x).
+khop         A function f on 24 entities, written as a table: slot a holds f(a). Then a
+             query entity x followed by k hop markers: f(x), f(f(x)), ..., f^k(x).
+             Depth = k, written in unary as a run of the same marker `>`. x, f(x), ...,
+             f^k(x) are distinct, so no cycle shortens the chain. One hop is one lookup
+             by position (read the slot the entity names).
+                 [24 table slots: f(0) .. f(23)] [x] [16 hop slots: `>` * k then `.`]
+                 L = 41; hop slot i (1 <= i <= k) is labelled with the entity f^i(x).
 
 cellular     Elementary cellular automaton rule 30 on a ring of 32 cells: the row after s
              steps. Depth = s, the number of step markers `>`, which stand at s
@@ -302,22 +303,20 @@ def _bool_render(row: np.ndarray, labels: np.ndarray | None) -> str:
 
 KHOP_ENTITIES = 24
 KHOP_MAX_DEPTH = 16
-KHOP_QUERY = 2 * KHOP_ENTITIES  # position of the query entity; hop slots follow it
+KHOP_QUERY = KHOP_ENTITIES  # position of the query entity; the table comes before it, the hop slots after
 KHOP_LEN = KHOP_QUERY + 1 + KHOP_MAX_DEPTH
 _K_HOP, _K_PAD = KHOP_ENTITIES, KHOP_ENTITIES + 1  # entity ids come first
 
 
 def _khop_make(rng: np.random.Generator, depth: int) -> np.ndarray:
     """A random function f with f^1(x)..f^depth(x) all distinct and different from x, so
-    no cycle lets a shallow answer stand in for a deep one; the facts are shuffled."""
+    no cycle lets a shallow answer stand in for a deep one."""
     n = KHOP_ENTITIES
     chain = rng.permutation(n)[: depth + 1]  # x, f(x), ..., f^depth(x)
     image = rng.integers(n, size=n)  # (n,) f
     image[chain[:-1]] = chain[1:]
-    order = rng.permutation(n)
     row = np.full(KHOP_LEN, _K_PAD, dtype=np.int64)
-    row[0:KHOP_QUERY:2] = order
-    row[1:KHOP_QUERY:2] = image[order]
+    row[:KHOP_QUERY] = image
     row[KHOP_QUERY] = chain[0]
     row[KHOP_QUERY + 1 : KHOP_QUERY + 1 + depth] = _K_HOP
     return row
@@ -333,14 +332,10 @@ def _unary_count(slots: np.ndarray, marker: int, pad: int, task: str) -> int:
 
 def _khop_read(row: np.ndarray) -> tuple[np.ndarray, int, int]:
     """(f as an (n,) array, query entity, hop count) of a khop input."""
-    facts = row[:KHOP_QUERY].reshape(-1, 2)  # (n, 2)
-    if facts.min() < 0 or facts.max() >= KHOP_ENTITIES or row[KHOP_QUERY] >= KHOP_ENTITIES:
-        raise ValueError(f"khop: facts and query must be entity ids 0..{KHOP_ENTITIES - 1}")
-    if len(np.unique(facts[:, 0])) != KHOP_ENTITIES:
-        raise ValueError("khop: every entity must appear exactly once on the left of a fact")
-    image = np.empty(KHOP_ENTITIES, dtype=np.int64)
-    image[facts[:, 0]] = facts[:, 1]
-    return image, int(row[KHOP_QUERY]), _unary_count(row[KHOP_QUERY + 1 :], _K_HOP, _K_PAD, "khop")
+    image = row[: KHOP_QUERY + 1]  # the table and the query
+    if image.min() < 0 or image.max() >= KHOP_ENTITIES:
+        raise ValueError(f"khop: the table slots and the query must hold entity ids 0..{KHOP_ENTITIES - 1}")
+    return row[:KHOP_QUERY].astype(np.int64), int(row[KHOP_QUERY]), _unary_count(row[KHOP_QUERY + 1 :], _K_HOP, _K_PAD, "khop")
 
 
 def _khop_solve(row: np.ndarray) -> tuple[np.ndarray, int]:
@@ -358,7 +353,7 @@ def _khop_render(row: np.ndarray, labels: np.ndarray | None) -> str:
     _, query, hops = _khop_read(row)
     lines = [
         f"khop: depth {hops} (hops)",
-        "facts  " + " ".join(f"{names[a]}>{names[b]}" for a, b in row[:KHOP_QUERY].reshape(-1, 2).tolist()),
+        "facts  " + " ".join(f"{names[a]}>{names[b]}" for a, b in enumerate(row[:KHOP_QUERY].tolist())),
         f"query  {names[query]}",
     ]
     if labels is not None:

@@ -332,8 +332,8 @@ def _unary_count(slots: np.ndarray, marker: int, pad: int, task: str) -> int:
 
 def _khop_read(row: np.ndarray) -> tuple[np.ndarray, int, int]:
     """(f as an (n,) array, query entity, hop count) of a khop input."""
-    image = row[: KHOP_QUERY + 1]  # the table and the query
-    if image.min() < 0 or image.max() >= KHOP_ENTITIES:
+    entities = row[: KHOP_QUERY + 1]  # the table and the query
+    if entities.min() < 0 or entities.max() >= KHOP_ENTITIES:
         raise ValueError(f"khop: the table slots and the query must hold entity ids 0..{KHOP_ENTITIES - 1}")
     return row[:KHOP_QUERY].astype(np.int64), int(row[KHOP_QUERY]), _unary_count(row[KHOP_QUERY + 1 :], _K_HOP, _K_PAD, "khop")
 

@@ -235,3 +235,7 @@ def test_malformed_inputs_name_what_was_expected():
         cells[32:] = slots
         with pytest.raises(ValueError, match="step slots must hold at least one marker"):
             render("cellular", cells)
+    table = generate("khop", 1, (2, 2), 0, "train")[0][0]
+    table[3] = token("khop", ">")  # a marker where the table holds an entity
+    with pytest.raises(ValueError, match="table slots and the query must hold entity ids"):
+        render("khop", table)

@@ -39,7 +39,7 @@ class ModelConfig:
     mixer: str = "attention"  # "attention" or "mlp" (sequence-axis MLP mixer)
     positions: str = "auto"  # rope, learned (added as 0.707 (x + pos)) or none; auto: rope with attention, learned with the sequence MLP
     attention_mask: str = "none"  # "none" (all pairs) or "task" (the task's structure, e.g. Sudoku peers)
-    norm: str = "post"  # puzzle families' blocks: post (HRM/TRM: h = norm(h + f(h))) or pre (h = h + f(norm(h)), a final norm before the heads)
+    norm: str = "post"  # puzzle families' blocks: post (HRM/TRM: h = norm(h + f(h))) or pre (h = h + f(norm(h)); every network call then ends with a parameter-free RMS norm, so a recurrent state keeps its scale)
     latent_steps: int = 2  # inner steps per cycle: TRM n (z updates), HRM L_cycles
     cycles: int = 2  # per segment: TRM T cycles, HRM H_cycles, looped most loop steps K, depthrec and recurrent-lm mean iterations
     grad_mode: str = "auto"  # which calls carry gradient: auto (the family's own), full, last_cycle, one_step, truncated

@@ -79,17 +79,17 @@ def report(run: Path, data: Path, segments: int, starts: int, out: Path | None) 
 
 
 def difficulty_table(run: Path, data: Path, n: int) -> str:
-    """Quantiles of `sudoku.difficulty` over the run's first `n` training puzzles
-    (generated again: chunks are seeded by position, so they are the run's own) and over
-    the first `n` test puzzles."""
+    """Quantiles of `sudoku.difficulty` over the run's first `n` training puzzles (its
+    dataset, read from the cache where the run left it, with the difficulty stored at the
+    build) and over the first `n` test puzzles."""
     from ponder.run_folder import load_config
-    from ponder.tasks.builders import generate_sudoku
+    from ponder.tasks import load_dataset_for
     from ponder.tasks.dataset import load_dataset
 
-    task = load_config(run).task
-    _, _, train = generate_sudoku(n, task.blanks, task.seed, "train", max_blanks=task.max_blanks, harden_steps=task.harden_steps)
+    train = load_dataset_for(load_config(run).task, progress=True).splits["train"]
     test = load_dataset(data).splits["test"]
-    rows = {f"training puzzles (first {n})": train.tolist(), f"test puzzles (first {n})": [sudoku.difficulty(p) for p in test.inputs[:n]]}
+    rows = {f"training puzzles (first {n})": train.extra["difficulty"][:n].tolist(),
+            f"test puzzles (first {n})": [sudoku.difficulty(p) for p in test.inputs[:n]]}
     qs = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
     lines = ["| puzzles | " + " | ".join(f"{int(q * 100)}th pct" for q in qs) + " | max |", "|---" * (len(qs) + 2) + "|"]
     for name, values in rows.items():

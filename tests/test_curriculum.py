@@ -146,3 +146,25 @@ def test_the_dataset_cache_is_rebuilt_when_the_task_code_changes(monkeypatch):
     monkeypatch.setattr(tasks, "code_fingerprint", lambda: "another generator")
     tasks.load_dataset_for(cfg)
     assert len(calls) == 2  # a changed generator builds again
+
+
+def test_difficulty_table_reads_the_runs_own_training_puzzles(tmp_path):
+    """`benchmarks/hard_sudoku.py difficulty` quotes the difficulty stored in the run's
+    dataset (hardened puzzles are not generated a second time)."""
+    import sys
+
+    from conftest import ROOT
+    from ponder.tasks import load_dataset_for
+    from ponder.tasks.dataset import save_dataset
+    from ponder.run_folder import load_config
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from hard_sudoku import difficulty_table
+
+    run = tmp_path / "run"
+    api.train(TINY + ["task.max_blanks=50", "task.harden_steps=3", "train.steps=2"], out=str(run), progress=False)
+    save_dataset(build(TaskConfig(name="sudoku", train_size=1, val_size=1, test_size=5)), tmp_path / "test")
+    stored = load_dataset_for(load_config(run).task).splits["train"].extra["difficulty"][:10].tolist()
+    row = difficulty_table(run, tmp_path / "test", 10).splitlines()[2].split(" | ")
+    assert row[0] == "| training puzzles (first 10)" and int(row[-1].rstrip(" |")) == max(stored)
+    assert int(row[3]) == sorted(stored)[5]  # the median of 10

@@ -296,16 +296,15 @@ def harden(puzzle: np.ndarray, solution: np.ndarray, rng: random.Random, steps: 
         candidate[givens[rng.randrange(len(givens))]] = 0
         filled = int(blanks[rng.randrange(len(blanks))])
         candidate[filled] = solution[filled]
-        if rng.random() < 0.5:
+        count = 0
+        if rng.random() < 0.5:  # try one given fewer first
             fewer = candidate.copy()
             left = np.flatnonzero(fewer)
             fewer[left[rng.randrange(len(left))]] = 0
             count, size = search_size(fewer)
             if count == 1:
                 candidate = fewer
-            else:
-                count, size = search_size(candidate)
-        else:
+        if count != 1:
             count, size = search_size(candidate)
         if count == 1 and size >= best:
             puzzle, best = candidate, size

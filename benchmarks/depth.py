@@ -10,8 +10,8 @@ default) for each task into `OUT/<task>/<family>` with `train.budget_minutes=MIN
 `JOBS` runs at a time, each on `train.threads=THREADS`; a folder that already holds
 results is skipped. `evaluate` re-scores each finished run's test split (EMA weights)
 into `eval.json` beside its `results.json`, which `report` then prefers. `report` writes a Markdown table (test exact accuracy per problem
-depth after the last segment, the training depths marked, and the accuracy on depths
-beyond training after 1, 2, 4, 8 and 16 segments) and a PNG, and copies each run's
+depth after the last segment and after the segments training ran, the training depths
+marked, and the accuracy on depths beyond training after 1, 2, 4, 8 and 16 segments) and a PNG, and copies each run's
 config, log and results next to them.
 """
 
@@ -51,6 +51,7 @@ def collect(root: Path) -> dict[str, dict[str, dict]]:
         result = json.loads((rescored if rescored.exists() else path).read_text())
         config = json.loads((path.parent / "config.json").read_text())
         result["train_depths"] = config["task"]["train_depths"]
+        result["train_segments"] = config["train"]["max_segments"]
         out.setdefault(path.parent.parent.name, {})[path.parent.name] = result
     return out
 
@@ -87,6 +88,10 @@ def table(results: dict[str, dict[str, dict]]) -> str:
             cells = [family, str(r["step"])] + [f"{100 * r['accuracy_by_depth'][d][-1]:.1f}%" for d in depths]
             cells += [f"{100 * _beyond(r, train_max, k):.1f}%" for k in shown]
             lines.append("| " + " | ".join(cells) + " |")
+            trained = r.get("train_segments", segments)
+            if trained < segments:  # thinking past the segments training ran can lose what they reached
+                cells = [f"{family} (after {trained} seg)", ""] + [f"{100 * r['accuracy_by_depth'][d][trained - 1]:.1f}%" for d in depths]
+                lines.append("| " + " | ".join(cells + [""] * len(shown)) + " |")
             if "cell_accuracy_by_depth" in r:  # per-position accuracy: progress that exact match hides
                 cells = [f"{family} (cells)", ""] + [f"{100 * r['cell_accuracy_by_depth'][d]:.1f}%" for d in depths] + [""] * len(shown)
                 lines.append("| " + " | ".join(cells) + " |")

@@ -239,3 +239,23 @@ def test_malformed_inputs_name_what_was_expected():
     table[3] = token("khop", ">")  # a marker where the table holds an entity
     with pytest.raises(ValueError, match="table slots and the query must hold entity ids"):
         render("khop", table)
+
+
+def test_depth_table_shows_the_trained_segments_beside_the_last():
+    """`benchmarks/depth.py report`: a model can lose at 16 segments what it reached at
+    the 4 it trained with, so the table gives both."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from depth import table
+
+    by_depth = {str(d): [0.1 * d] * 3 + [1.0] + [0.5] * 4 for d in range(1, 9)}  # 8 segments; segment 4 is right
+    run = {"accuracy_by_depth": by_depth, "segments": 8, "n": 80, "step": 7, "train_depths": "1-4", "train_segments": 4}
+    lines = table({"khop": {"trm": run}}).splitlines()
+    last = next(line for line in lines if line.startswith("| trm |")).split(" | ")
+    trained = next(line for line in lines if line.startswith("| trm (after 4 seg) |")).split(" | ")
+    assert last[2:10] == ["50.0%"] * 8 and trained[2:10] == ["100.0%"] * 8
+    run["train_segments"] = 8  # trained with every segment it is tested on: no second row
+    assert not any("(after" in line for line in table({"khop": {"trm": run}}).splitlines())

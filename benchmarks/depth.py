@@ -88,7 +88,7 @@ def table(results: dict[str, dict[str, dict]]) -> str:
             cells = [family, str(r["step"])] + [f"{100 * r['accuracy_by_depth'][d][-1]:.1f}%" for d in depths]
             cells += [f"{100 * _beyond(r, train_max, k):.1f}%" for k in shown]
             lines.append("| " + " | ".join(cells) + " |")
-            trained = r.get("train_segments", segments)
+            trained = r["train_segments"]
             if trained < segments:  # thinking past the segments training ran can lose what they reached
                 cells = [f"{family} (after {trained} seg)", ""] + [f"{100 * r['accuracy_by_depth'][d][trained - 1]:.1f}%" for d in depths]
                 lines.append("| " + " | ".join(cells + [""] * len(shown)) + " |")

@@ -13,9 +13,14 @@ minimal puzzles), scored on the hardest published puzzles (`sudoku-hard-test`).
         how much search the training puzzles and the test puzzles need: quantiles of
         `ponder.tasks.sudoku.difficulty` (blanks + the exact solver's guesses)
 
-    python benchmarks/hard_sudoku.py report RUN --data DIR/hard-test [--segments 32] [--starts 4] [--out DIR]
+    python benchmarks/hard_sudoku.py report RUN --data DIR/hard-test [--segments 32] [--starts 4]
+                                     [--val DIR/hard-val.txt --noises 0.5 1] [--out DIR]
         validation accuracy on hard puzzles against training time (from the run's log),
-        and test accuracy on `sudoku-hard-test` by segments x starts (vote over starts)
+        and test accuracy on `sudoku-hard-test` by segments x starts, two ways: vote over
+        the starts, and verified (the first answer that is a valid grid keeping the
+        givens, every start stopping there; `ponder.eval.breadth`), with the segments it
+        runs. With --val the starts' initial-noise scale is chosen on those validation
+        puzzles (verified accuracy at the most segments and starts), then tested
 
 Nothing here trains on a test file: training data are generated (`task.max_blanks`).
 """
@@ -52,24 +57,49 @@ def val_curve(run: Path) -> list[dict]:
             for e in read_log(run) if e.get("event") == "val"]
 
 
-def report(run: Path, data: Path, segments: int, starts: int, out: Path | None) -> str:
+def choose_noise(run: Path, val: Path, segments: int, starts: int, noises: list[float]) -> tuple[float, dict[float, float]]:
+    """The initial-noise scale with the best verified accuracy on the validation
+    puzzles, at `segments` x `starts` (ties: the first listed)."""
+    scores = {}
+    for noise in noises:
+        b = api.evaluate(str(run), data=str(val), segments=segments, breadth=starts, init_noise=noise)["breadth"]
+        scores[noise] = b["accuracy"]["verified"][-1][-1]
+        print(f"validation, init noise {noise}: verified {scores[noise]:.1%} at {segments} segments x {starts} starts", file=sys.stderr)
+    return max(noises, key=lambda n: scores[n]), scores
+
+
+def report(run: Path, data: Path, segments: int, starts: int, out: Path | None,
+           val: Path | None = None, noises: tuple[float, ...] = (0.5,)) -> str:
     """The validation curve from the run's log, and one evaluation of the test set with
-    `starts` starting states run for `segments` segments (vote over starts), read at
-    every (segments, starts) of the table."""
+    `starts` starting states run for `segments` segments, read at every (segments,
+    starts) of the table under vote and verified selection."""
     lines = [f"# Hard Sudoku: {run}", "", "## Validation (forum-hardest puzzles, disjoint from test) against training time", "",
              "| step | training minutes | exact accuracy (16 segments) |", "|---|---|---|"]
     for r in val_curve(run):
         lines.append(f"| {r['step']} | {r['minutes']:.1f} | {r['accuracy']:.1%} |")
-    result = api.evaluate(str(run), data=str(data), segments=segments, breadth=starts)
+    noise, val_scores = (choose_noise(run, val, segments, starts, list(noises)) if val is not None else (noises[0], {}))
+    result = api.evaluate(str(run), data=str(data), segments=segments, breadth=starts, init_noise=noise)
+    if val_scores:
+        result["val_verified_accuracy_by_noise"] = val_scores
     b = result["breadth"]
     shown = [s for s in (1, 2, 4, 8, 16, 32, 64, 128) if s <= segments]
-    lines += ["", f"## Test: {result['data']}, {result['n']} puzzles; exact accuracy by segments x starts (majority vote over starts)", "",
+    lines += ["", f"## Test: {result['data']}, {result['n']} puzzles; exact accuracy by segments x starts", "",
               f"One start: {result['exact_accuracy']:.1%} after {segments} segments, {result['halting_accuracy']:.1%} where the halting head stops "
-              f"({result['mean_segments']:.2f} segments on average). Network calls per puzzle = segments x starts x {b['calls_per_segment']}.", "",
+              f"({result['mean_segments']:.2f} segments on average). Starts 2..{starts}: initial noise {noise}"
+              + (" (chosen on validation: " + ", ".join(f"{n}: {a:.1%}" for n, a in val_scores.items()) + ")" if val_scores else "")
+              + f". Network calls per puzzle = segments x starts x {b['calls_per_segment']}.", "",
+              "Vote: the most frequent answer of the starts after the given segments.", "",
               "| segments | " + " | ".join(f"{k} start{'s' if k > 1 else ''}" for k in b["breadths"]) + " |",
               "|---" * (len(b["breadths"]) + 1) + "|"]
     for s in shown:
         lines.append(f"| {s} | " + " | ".join(f"{acc:.1%}" for acc in b["accuracy"]["vote"][s - 1]) + " |")
+    lines += ["", "Verified: the first answer that is a valid grid keeping the givens, all starts stopping there "
+              "(no label read; else the vote at the limit); in brackets the segment-runs it spends per puzzle (segments x starts).", "",
+              "| segment limit | " + " | ".join(f"{k} start{'s' if k > 1 else ''}" for k in b["breadths"]) + " |",
+              "|---" * (len(b["breadths"]) + 1) + "|"]
+    for s in shown:
+        cells = [f"{acc:.1%} ({used * k:.1f})" for acc, used, k in zip(b["accuracy"]["verified"][s - 1], b["verified_segments"][s - 1], b["breadths"])]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -114,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--data", type=Path, required=True)
     r.add_argument("--segments", type=int, default=32)
     r.add_argument("--starts", type=int, default=4)
+    r.add_argument("--val", type=Path, help="validation puzzles (a puzzle-per-line file) to choose the initial noise on")
+    r.add_argument("--noises", type=float, nargs="+", default=[0.5], help="initial-noise scales to try on --val (the first without it)")
     r.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.verb == "files":
@@ -121,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.verb == "difficulty":
         print(difficulty_table(args.run, args.data, args.n))
     else:
-        print(report(args.run, args.data, args.segments, args.starts, args.out))
+        print(report(args.run, args.data, args.segments, args.starts, args.out, args.val, tuple(args.noises)))
     return 0
 
 

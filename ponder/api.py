@@ -157,7 +157,7 @@ def evaluate(
     if breadth > 1:
         extra["breadth"] = evaluate_breadth(
             model, examples.inputs.to(device), examples.labels.to(device), n_segments, breadth, init_noise, langevin,
-            autocast=cfg.train.autocast, ids=ids, seed=cfg.train.seed, calls_per_segment=calls, **options,
+            autocast=cfg.train.autocast, ids=ids, seed=cfg.train.seed, calls_per_segment=calls, check=builder.check, **options,
         ).to_dict()
     return {"data": source, **result.to_dict(), **extra}
 

@@ -271,10 +271,11 @@ def show_breadth(b: dict[str, Any]) -> None:
         print("    segments " + "".join(f"{'k=' + str(k):>9}" for k in b["breadths"]))
         for s, row in enumerate(table, start=1):
             print(f"    {s:>8} " + "".join(f"{a:>9.4f}" for a in row))
-    if "first_halt_segments" in b:
-        print("  first_halt: mean segments each start runs (it stops all starts at the first halt)")
-        for s, row in enumerate(b["first_halt_segments"], start=1):
-            print(f"    {s:>8} " + "".join(f"{a:>9.2f}" for a in row))
+    for rule in ("first_halt", "verified"):
+        if b.get(f"{rule}_segments"):
+            print(f"  {rule}: mean segments each start runs (it stops all starts at the first {'halt' if rule == 'first_halt' else 'answer that checks'})")
+            for s, row in enumerate(b[f"{rule}_segments"], start=1):
+                print(f"    {s:>8} " + "".join(f"{a:>9.2f}" for a in row))
 
 
 def show_solve(result: dict[str, Any]) -> None:

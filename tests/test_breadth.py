@@ -87,3 +87,41 @@ def test_first_halt_with_one_start_is_the_plain_halting_rule():
         assert result.accuracy["first_halt"][s][0] == round(accuracy, 6)
         assert result.first_halt_segments[s][0] == round(used, 4)
         assert result.first_halt_segments[s][1] <= s + 1
+
+
+def test_first_verified_picks_the_earliest_segment_then_the_lowest_start():
+    from ponder.eval.breadth import first_verified
+
+    passed = torch.tensor([
+        [[False, False, True], [False, True, True], [False, True, False]],  # segment 1: starts 1 and 2 pass, 1 is lower
+        [[False, False, False], [False, False, False], [False, False, False]],  # none passes: the last segment
+    ])  # (N=2, k=3, s=3)
+    when, pick, found = first_verified(passed)
+    assert when.tolist() == [1, 2] and pick.tolist() == [1, 0] and found.tolist() == [True, False]
+
+
+def test_verified_rule_against_a_direct_count():
+    """The verified rule with a label-free check (here: the answer's first token is
+    even) takes the first start passing at the first segment any passes, else the vote;
+    without a check it is not reported."""
+    from ponder.eval.breadth import select
+
+    model = tiny()
+    tokens = torch.randint(0, 10, (16, 9))
+    preds, residuals, _ = run_starts(model, tokens, segments=3, starts=4, init_noise=2.0)
+    labels = preds[:, 3, 2].clone()
+    check = lambda inputs, answers: answers[:, 0] % 2 == 0  # noqa: E731
+    result = evaluate_breadth(model, tokens, labels, segments=3, starts=4, init_noise=2.0, check=check)
+    assert "verified" not in evaluate_breadth(model, tokens, labels, segments=3, starts=4, init_noise=2.0).accuracy
+    for s in range(3):
+        for j, k in enumerate(result.breadths):
+            right, used = [], []
+            for n in range(16):
+                hit = next(((t, i) for t in range(s + 1) for i in range(k) if int(preds[n, i, t, 0]) % 2 == 0), None)
+                if hit is None:
+                    i = int(select(preds[n : n + 1, :k, s], residuals[n : n + 1, :k, s], "vote")[0])
+                    hit = (s, i)
+                right.append(bool(torch.equal(preds[n, hit[1], hit[0]], labels[n])))
+                used.append(hit[0] + 1)
+            assert result.accuracy["verified"][s][j] == round(sum(right) / 16, 6)
+            assert result.verified_segments[s][j] == round(sum(used) / 16, 4)

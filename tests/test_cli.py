@@ -49,10 +49,10 @@ def test_eval_convergence_exit_and_breadth(tiny_run, capsys):
     result = json.loads(out)
     assert code == 0 and 1 <= result["converged_segments"] <= 3 and 0 <= result["converged_accuracy"] <= 1
     b = result["breadth"]
-    assert b["breadths"] == [1, 2, 3] and set(b["accuracy"]) == {"residual", "vote", "first_halt", "oracle"}
+    assert b["breadths"] == [1, 2, 3] and set(b["accuracy"]) == {"residual", "vote", "first_halt", "verified", "oracle"}  # Sudoku has a check
     assert [row[0] for row in b["accuracy"]["vote"]] == result["accuracy_by_segment"]  # breadth 1 = the plain run
     code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 2, "--exit_tol", 1e-2, "--breadth", 2)
-    assert code == 0 and "exit on convergence" in out and "residual:" in out and "k=2" in out
+    assert code == 0 and "exit on convergence" in out and "residual:" in out and "k=2" in out and "answer that checks" in out
 
 
 def test_eval_calibrates_a_stop_rule_on_validation(tiny_run, capsys, tmp_path):

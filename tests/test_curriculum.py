@@ -168,3 +168,31 @@ def test_difficulty_table_reads_the_runs_own_training_puzzles(tmp_path):
     row = difficulty_table(run, tmp_path / "test", 10).splitlines()[2].split(" | ")
     assert row[0] == "| training puzzles (first 10)" and int(row[-1].rstrip(" |")) == max(stored)
     assert int(row[3]) == sorted(stored)[5]  # the median of 10
+
+
+def test_hard_report_chooses_the_noise_on_validation_and_verified_is_at_least_the_vote(tmp_path):
+    """`benchmarks/hard_sudoku.py report --val`: the noise scale with the best verified
+    accuracy on the validation file is the one tested, and on puzzles with one solution
+    the verified rule (first valid grid, else the vote) is right wherever the vote is."""
+    import json
+    import sys
+
+    from conftest import ROOT
+    from ponder.tasks.dataset import save_dataset
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import hard_sudoku
+
+    run = tmp_path / "run"
+    api.train(TINY + ["train.steps=2"], out=str(run), progress=False)
+    save_dataset(build(TaskConfig(name="sudoku", blanks=4, train_size=1, val_size=1, test_size=12)), tmp_path / "test")
+    puzzles, _ = sudoku.generate(6, 4, seed=9)
+    (tmp_path / "val.txt").write_text("\n".join(sudoku.format_grid(p) for p in puzzles) + "\n")
+    text = hard_sudoku.report(run, tmp_path / "test", segments=2, starts=3, out=tmp_path / "out", val=tmp_path / "val.txt", noises=(0.1, 3.0))
+    result = json.loads((tmp_path / "out" / "eval.json").read_text())
+    scores = {float(k): v for k, v in result["val_verified_accuracy_by_noise"].items()}
+    assert result["breadth"]["init_noise"] == max(scores, key=lambda n: (scores[n], -n)) and "Verified" in text
+    acc = result["breadth"]["accuracy"]
+    for s in range(2):
+        for j in range(len(result["breadth"]["breadths"])):
+            assert acc["verified"][s][j] >= max(acc["vote"][s][j], acc["oracle"][s][j])

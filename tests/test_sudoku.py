@@ -224,3 +224,15 @@ def test_read_lines_solves_and_checks_uniqueness(tmp_path):
     g.write_text("." * 81 + "\n")
     with pytest.raises(PonderInputError, match=r"multi.txt:1: the puzzle has more than one solution"):
         sudoku.read_lines(g)
+
+
+def test_solves_needs_a_valid_grid_that_keeps_the_givens():
+    from ponder.tasks import sudoku
+
+    puzzle, solution = sudoku.generate(1, blanks=40, seed=3)
+    puzzle, solution = torch.as_tensor(puzzle).long(), torch.as_tensor(solution).long()
+    other = sudoku.Symmetry.random(np.random.default_rng(0)).apply(solution[0].numpy())  # valid, but not this puzzle's
+    broken = solution.clone()
+    broken[0, :2] = broken[0, [1, 0]]  # two cells swapped: rows stay full, columns do not
+    answers = torch.cat([solution, torch.as_tensor(other)[None].long(), broken])
+    assert sudoku.solves(puzzle.expand(3, -1), answers).tolist() == [True, False, False]

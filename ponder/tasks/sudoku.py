@@ -198,6 +198,13 @@ def valid_solutions(grids: torch.Tensor) -> torch.Tensor:
     return (onehot.sum(dim=2) == 1).all(dim=(1, 2))
 
 
+def solves(puzzles: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+    """(B, 81) puzzles and (B, 81) answers -> (B,) bool: a valid full grid that keeps
+    every given. Reads no label: where the solution is unique, this is "right"."""
+    keeps_givens = ((puzzles == 0) | (puzzles == grids)).all(dim=1)
+    return valid_solutions(grids) & keeps_givens.to(grids.device)
+
+
 # -------------------------------------------------------------------------- generator
 
 def random_solution(rng: random.Random) -> np.ndarray:

@@ -23,7 +23,7 @@ from ponder.errors import PonderInputError
 from ponder.eval.breadth import evaluate_breadth
 from ponder.eval.evaluate import evaluate as evaluate_model
 from ponder.eval.evaluate import ablation_ids, ablation_scores, run_early_exit, run_segments
-from ponder.eval.stopping import StopRule, calibrate
+from ponder.eval.stopping import TARGETS, StopRule, calibrate
 from ponder.models import build_model, count_params
 from ponder.tasks import Split, load_dataset_for, scorer, sudoku
 from ponder.tasks.builders import get_builder
@@ -73,7 +73,7 @@ def train(overrides: list[str] | None = None, preset: str | None = None, config:
 def evaluate(
     run: str, data: str | None = None, segments: int | None = None, split: str = "test", exit_tol: float | None = None,
     breadth: int = 1, init_noise: float = 0.5, langevin: float = 0.0, solver_iters: int | None = None,
-    recurrence: str | None = None, calibrate_halting: bool = False,
+    recurrence: str | None = None, calibrate_halting: bool = False, calibrate_target: str = "last",
 ) -> dict[str, Any]:
     """Evaluate a trained run (its EMA weights) with every segment's answer recorded (a
     language-model run: validation loss by test-time recurrence).
@@ -90,6 +90,7 @@ def evaluate(
         solver_iters: attractor runs: solver iterations per segment (0 removes the solver; default: the run's own)
         recurrence: language runs: test-time recurrences, comma-separated, e.g. 1,4,16,64 (default: the run's train.eval_recurrence)
         calibrate_halting: also choose a stop rule on a validation split (that of --data when it is a dataset folder with one, else the run's own; ponder.eval.stopping) and report it, with its accuracy/segments trade-off curve, on this split
+        calibrate_target: with calibrate_halting, the validation accuracy the rule keeps: last (after every segment) or best (the best any candidate rule reaches; for models that lose accuracy when run longer than they trained)
     """
     if is_language_run(run):
         return evaluate_language(run, recurrence)
@@ -100,6 +101,8 @@ def evaluate(
         raise PonderInputError(f"--split: expected test or val, got {split!r}")
     if exit_tol is not None and not exit_tol > 0:
         raise PonderInputError(f"--exit-tol: expected a tolerance > 0, got {exit_tol}")
+    if calibrate_target not in TARGETS:
+        raise PonderInputError(f"--calibrate-target: expected one of {', '.join(TARGETS)}, got {calibrate_target!r}")
     if breadth < 1 or not (0 <= init_noise < math.inf and 0 <= langevin < math.inf):
         raise PonderInputError(f"--breadth >= 1, --init-noise >= 0 and --langevin >= 0 expected, got {breadth}, {init_noise}, {langevin}")
     options: dict[str, Any] = {}  # per-call model options
@@ -136,7 +139,7 @@ def evaluate(
         val = Split.from_arrays(folder.splits["val"])
         val_ids = None if ids is None else (val.ids if val.ids is not None else torch.zeros(len(val), dtype=torch.long))
         val_record = run_segments(model, val.inputs.to(device), n_segments, autocast=cfg.train.autocast, ids=val_ids, **options)
-        calibration = calibrate(val_record, val.labels)
+        calibration = calibrate(val_record, val.labels, target=calibrate_target)
     result = evaluate_model(
         model, examples.inputs.to(device), examples.labels.to(device), n_segments, autocast=cfg.train.autocast,
         progress=sys.stderr.isatty(), ids=ids, depths=examples.extra.get("depth"), score=scorer(builder.score, examples, info),

@@ -202,7 +202,8 @@ def show_calibration(c: dict[str, Any], points: int = 12) -> None:
     """The stop rule chosen on validation, its score here, and the trade-off curve."""
     print(f"  stop rule chosen on validation ({c['describe']}):")
     print(f"    exact accuracy {c['accuracy']:.4f} using {c['mean_segments']:.2f} segments on average "
-          f"(validation, {plural(c['val_n'], 'example')}: {c['val_accuracy']:.4f} at {c['val_segments']:.2f}; all segments {c['val_all_segments']:.4f})")
+          f"(validation, {plural(c['val_n'], 'example')}: {c['val_accuracy']:.4f} at {c['val_segments']:.2f}; all segments {c['val_all_segments']:.4f}"
+          + (f"; aimed at the best rule's {c['val_target']:.4f})" if c.get("target") == "best" else ")"))
     frontier = c["frontier"]
     step = max(1, -(-len(frontier) // points))
     shown = frontier[::step] + ([frontier[-1]] if (len(frontier) - 1) % step else [])

@@ -109,6 +109,7 @@ class TrainConfig:
     batch_size: int = 128  # global: split over the ranks of a torchrun launch
     max_segments: int = 8  # deep-supervision segments per example in training
     eval_segments: int = 16  # segments run at evaluation (can exceed training)
+    calibrate_target: str = "last"  # the final test's stop rule, chosen on validation, keeps: last, the all-segments accuracy; best, the best any candidate rule reaches (for models that lose accuracy past their trained segments)
     optimizer: str = "adamatan2"  # "adamatan2" or "adamw"
     lr: float = 1e-3
     lr_warmup: int = 100  # batches of linear warmup
@@ -173,6 +174,7 @@ _CHOICES = {
     ("train", "lr_schedule"): ("cosine", "constant"),
     ("train", "loss"): ("ce", "stablemax"),
     ("train", "loss_target"): ("label", "nearest"),
+    ("train", "calibrate_target"): ("last", "best"),
     ("train", "autocast"): ("auto", "none", "bfloat16"),
     ("train", "batching"): ("auto", "shrink", "refill"),
     ("train", "checkpoint_moments"): ("float32", "bfloat16"),

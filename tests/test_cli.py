@@ -67,6 +67,12 @@ def test_eval_calibrates_a_stop_rule_on_validation(tiny_run, capsys, tmp_path):
     code, out, _ = run_cli(capsys, "eval", tiny_run, "--data", folder, "--segments", 2, "--calibrate-halting", "--json")
     result = json.loads(out)
     assert code == 0 and result["n"] == 8 and result["calibrated_halting"]["val_n"] == 24  # the folder's validation split
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 3, "--calibrate-halting", "--calibrate-target", "best", "--json")
+    best = json.loads(out)["calibrated_halting"]
+    assert code == 0 and best["target"] == "best" and best["val_target"] >= best["val_all_segments"]
+    assert best["val_accuracy"] >= best["val_target"] and best["frontier"] == c["frontier"]
+    code, _, err = run_cli(capsys, "eval", tiny_run, "--calibrate-halting", "--calibrate-target", "first")
+    assert code != 0 and "--calibrate-target: expected one of last, best, got 'first'" in err
 
 
 def test_bench_solvers_json(capsys):

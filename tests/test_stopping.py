@@ -61,6 +61,28 @@ def test_calibrate_keeps_accuracy_with_fewest_segments_and_reports_a_frontier():
     assert StopRule.from_dict(applied["rule"]) == c.rule and json.dumps(applied)
 
 
+def test_calibrate_target_best_keeps_the_accuracy_a_model_loses_by_thinking_longer():
+    """Two examples right after segment 2 and wrong after segment 4 (overthinking): the
+    all-segments accuracy is 1/3, so "last" stops at once; "best" keeps 3/3."""
+    preds = torch.tensor([
+        [[0, 1], [1, 1], [1, 1], [0, 1]],
+        [[0, 0], [1, 1], [1, 1], [0, 0]],
+        [[1, 1], [1, 1], [1, 1], [1, 1]],
+    ])
+    halts = torch.full((3, 4), -5.0)
+    changes = torch.tensor([[1.0, 0.5, 0.001, 0.5]] * 3)
+    record = SegmentRecord(preds, halts, changes, torch.full((3, 4), 0.9))
+    labels = torch.tensor([[1, 1]] * 3)
+    last = calibrate(record, labels)
+    assert last.val_all_segments == pytest.approx(1 / 3) and last.val_segments == pytest.approx(1.0)
+    best = calibrate(record, labels, target="best")
+    assert best.val_accuracy == pytest.approx(1.0) and best.val_target == pytest.approx(1.0)
+    assert best.val_segments == pytest.approx(2.0) and best.target == "best"  # at most 2 segments
+    assert best.frontier == last.frontier
+    with pytest.raises(ValueError, match="expected one of last, best"):
+        calibrate(record, labels, target="first")
+
+
 def _all_rules(record):
     from ponder.eval.stopping import candidate_rules
 

@@ -13,8 +13,10 @@ its signals fires, all read from the per-segment record that evaluation keeps an
     max_segments     the segment limit
 
 `calibrate` tries a grid of rules on the validation record and keeps the one with the
-fewest mean segments whose validation accuracy is at least the all-segments accuracy
-minus `tolerance`; the test split is only ever scored with the rule already chosen.
+fewest mean segments whose validation accuracy is at least a target minus `tolerance`:
+the all-segments accuracy (`target="last"`), or the best accuracy any rule of the grid
+reaches (`target="best"`, for models that lose accuracy when run past the segments they
+trained with); the test split is only ever scored with the rule already chosen.
 The Pareto frontier of the grid (mean segments vs validation accuracy) is the
 trade-off curve a user picks from.
 """
@@ -32,6 +34,7 @@ from ponder.train.losses import answer_correct
 HALT_THRESHOLDS = (None, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # halting logits
 CONFIDENCES = (None, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)  # least top-probability over positions
 EXIT_TOLS = (None, 0.003, 0.01, 0.03, 0.1)  # relative state change
+TARGETS = ("last", "best")  # what calibrate aims at: the all-segments accuracy, or the grid's best
 
 
 class SegmentRecord(NamedTuple):
@@ -130,6 +133,8 @@ class Calibration:
     val_all_segments: float  # validation accuracy after every segment
     val_n: int  # validation examples it was chosen on
     tolerance: float
+    target: str  # "last" or "best" (TARGETS)
+    val_target: float  # the validation accuracy aimed at, before the tolerance
     frontier: list[dict]  # the Pareto frontier on validation: rule, val accuracy, val segments (ascending)
 
     def to_dict(self) -> dict:
@@ -142,9 +147,12 @@ def candidate_rules(segments: int) -> list[StopRule]:
     return [StopRule(h, c, e, m) for h, c, e, m in itertools.product(HALT_THRESHOLDS, CONFIDENCES, EXIT_TOLS, limits)]
 
 
-def calibrate(record: SegmentRecord, labels: torch.Tensor, tolerance: float = 0.0) -> Calibration:
+def calibrate(record: SegmentRecord, labels: torch.Tensor, tolerance: float = 0.0, target: str = "last") -> Calibration:
     """Choose a rule on a validation record: the fewest mean segments whose accuracy is
-    at least the all-segments accuracy minus `tolerance` (ties: the higher accuracy)."""
+    at least the target (the all-segments accuracy, or with target="best" the highest
+    any candidate rule reaches) minus `tolerance` (ties: the higher accuracy)."""
+    if target not in TARGETS:
+        raise ValueError(f"calibrate: target {target!r}; expected one of {', '.join(TARGETS)}")
     segments = record.preds.shape[1]
     exact = answer_correct(record.preds, labels.cpu()[:, None, :])  # (N, S)
     full = float(exact[:, -1].double().mean())
@@ -159,8 +167,9 @@ def calibrate(record: SegmentRecord, labels: torch.Tensor, tolerance: float = 0.
         if acc > best:
             best = acc
             frontier.append({"rule": rule.to_dict(), "describe": rule.describe(), "val_accuracy": round(acc, 6), "val_segments": round(segs, 4)})
-    segs, acc, rule = next(t for t in scored if t[1] >= full - tolerance - 1e-9)
-    return Calibration(rule, acc, segs, full, int(record.preds.shape[0]), tolerance, frontier)
+    aim = full if target == "last" else best  # best: the frontier's last, the grid's highest accuracy
+    segs, acc, rule = next(t for t in scored if t[1] >= aim - tolerance - 1e-9)
+    return Calibration(rule, acc, segs, full, int(record.preds.shape[0]), tolerance, target, aim, frontier)
 
 
 def apply_calibration(calibration: Calibration, record: SegmentRecord, labels: torch.Tensor) -> dict:

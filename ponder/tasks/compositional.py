@@ -56,6 +56,7 @@ solver, so it never trusts stored labels.
 from __future__ import annotations
 
 from collections import deque
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -162,10 +163,14 @@ def _graph_make(rng: np.random.Generator, depth: int) -> np.ndarray:
     return row
 
 
+def _check_source(row: np.ndarray, task: str) -> None:
+    if not 0 <= row[0] < GRAPH_NODES:
+        raise ValueError(f"{task}: position 0 must name the source, a node id 0..{GRAPH_NODES - 1}")
+
+
 def _graph_read(row: np.ndarray) -> tuple[int, list[list[int]]]:
     """(source, out-neighbours of each node) of a graph-reach input."""
-    if not 0 <= row[0] < GRAPH_NODES:
-        raise ValueError(f"graph-reach: position 0 must name the source, a node id 0..{GRAPH_NODES - 1}")
+    _check_source(row, "graph-reach")
     if not np.array_equal(row[GRAPH_SLOTS:GRAPH_EDGES_AT], np.arange(GRAPH_NODES)):
         raise ValueError(f"graph-reach: node slot j (positions {GRAPH_SLOTS}..{GRAPH_EDGES_AT - 1}) must hold node j")
     edges = row[GRAPH_EDGES_AT:].reshape(-1, 2)  # (E, 2)
@@ -190,13 +195,19 @@ def _hop_distances(source: int, out: list[list[int]]) -> dict[int, int]:
     return distance
 
 
-def _graph_solve(row: np.ndarray) -> tuple[np.ndarray, int]:
-    """(labels, largest hop distance reached) of a graph-reach input."""
-    distance = _hop_distances(*_graph_read(row))
-    labels = np.full(GRAPH_LEN, IGNORE, dtype=np.int64)
-    labels[GRAPH_SLOTS:GRAPH_EDGES_AT] = _G_NO
-    labels[GRAPH_SLOTS + np.array(list(distance))] = _G_YES
+def _reach_labels(source: int, out: list[list[int]], length: int, node_at: np.ndarray) -> tuple[np.ndarray, int]:
+    """(labels, largest hop distance reached): `yes` / `no` at node j's labelled position
+    node_at[j] ((nodes,) positions), IGNORE elsewhere in a row of `length`."""
+    distance = _hop_distances(source, out)
+    labels = np.full(length, IGNORE, dtype=np.int64)
+    labels[node_at] = _G_NO
+    labels[node_at[list(distance)]] = _G_YES
     return labels, max(distance.values())
+
+
+def _graph_solve(row: np.ndarray) -> tuple[np.ndarray, int]:
+    """(labels, largest hop distance reached) of a graph-reach input: node slots say yes / no."""
+    return _reach_labels(*_graph_read(row), GRAPH_LEN, GRAPH_SLOTS + np.arange(GRAPH_NODES))
 
 
 def _graph_render(row: np.ndarray, labels: np.ndarray | None) -> str:
@@ -246,8 +257,7 @@ def _lists_make(rng: np.random.Generator, depth: int) -> np.ndarray:
 
 def _lists_read(row: np.ndarray) -> tuple[int, list[list[int]]]:
     """(source, out-neighbours of each node) of a graph-lists input."""
-    if not 0 <= row[0] < GRAPH_NODES:
-        raise ValueError(f"graph-lists: position 0 must name the source, a node id 0..{GRAPH_NODES - 1}")
+    _check_source(row, "graph-lists")
     blocks = row[1:].reshape(GRAPH_NODES, LIST_BLOCK)  # (nodes, 1 + width)
     if not np.array_equal(blocks[:, 0], np.arange(GRAPH_NODES)):
         raise ValueError(f"graph-lists: position 1 + {LIST_BLOCK} * j must hold node j (the head of its block)")
@@ -263,12 +273,7 @@ def _lists_read(row: np.ndarray) -> tuple[int, list[list[int]]]:
 
 def _lists_solve(row: np.ndarray) -> tuple[np.ndarray, int]:
     """(labels, largest hop distance reached) of a graph-lists input: block heads say yes / no."""
-    distance = _hop_distances(*_lists_read(row))
-    labels = np.full(LIST_LEN, IGNORE, dtype=np.int64)
-    heads = 1 + LIST_BLOCK * np.arange(GRAPH_NODES)  # (nodes,)
-    labels[heads] = _G_NO
-    labels[heads[list(distance)]] = _G_YES
-    return labels, max(distance.values())
+    return _reach_labels(*_lists_read(row), LIST_LEN, 1 + LIST_BLOCK * np.arange(GRAPH_NODES))
 
 
 def _lists_render(row: np.ndarray, labels: np.ndarray | None) -> str:
@@ -515,25 +520,21 @@ class _Solver(NamedTuple):
     render: Callable[[np.ndarray, np.ndarray | None], str]
 
 
+_GRAPH_REACH = TaskSpec(
+    name="graph-reach",
+    vocab=GRAPH_NODES + 2,
+    seq_len=GRAPH_LEN,
+    max_depth=GRAPH_MAX_DEPTH,
+    default_train_depths=(1, 4),
+    default_test_depths=(1, 8),
+    tokens=tuple(str(v) for v in range(GRAPH_NODES)) + ("yes", "no"),
+    description="Which nodes of a 16-node directed graph are reachable from the source.",
+)
+
 TASKS: dict[str, TaskSpec] = {
-    "graph-reach": TaskSpec(
-        name="graph-reach",
-        vocab=GRAPH_NODES + 2,
-        seq_len=GRAPH_LEN,
-        max_depth=GRAPH_MAX_DEPTH,
-        default_train_depths=(1, 4),
-        default_test_depths=(1, 8),
-        tokens=tuple(str(v) for v in range(GRAPH_NODES)) + ("yes", "no"),
-        description="Which nodes of a 16-node directed graph are reachable from the source.",
-    ),
-    "graph-lists": TaskSpec(
-        name="graph-lists",
-        vocab=GRAPH_NODES + 2,
-        seq_len=LIST_LEN,
-        max_depth=GRAPH_MAX_DEPTH,
-        default_train_depths=(1, 4),
-        default_test_depths=(1, 8),
-        tokens=tuple(str(v) for v in range(GRAPH_NODES)) + ("yes", "no"),
+    "graph-reach": _GRAPH_REACH,
+    "graph-lists": dataclasses.replace(
+        _GRAPH_REACH, name="graph-lists", seq_len=LIST_LEN,
         description="graph-reach's question with each node's in-neighbours listed beside it.",
     ),
     "bool-depth": TaskSpec(

@@ -58,6 +58,7 @@ class ModelConfig:
     solver_backward: str = "implicit"  # attractor: gradient through the equilibrium, implicit or phantom
     jacobian_weight: float = 0.0  # attractor: weight of the Jacobian (contraction) regulariser
     proposal_weight: float = 0.0  # attractor: weight of a token loss on the proposal y0 read by the answer head (the route to equilibrium internalisation); 0: none
+    latent_init_std: float = 1.0  # puzzle families: std of the fixed initial latents (1: as HRM/TRM); 0 starts them at zero, so the first call sees the input alone
     puzzle_embedding: bool = False  # a learned vector per puzzle identifier (HRM/TRM on ARC), trained by sparse sign-SGD
     # causal language models (families gpt, recurrent-lm, ilr, attractor-lm, rnn-lm; `layers` is gpt's, ilr's and rnn-lm's depth)
     context: int = 64  # the longest text a language model reads at once (its window in training, its KV cache)
@@ -294,6 +295,7 @@ def validate(cfg: RunConfig, source: str) -> None:
         ("model.core_layers", cfg.model.core_layers >= 1, ">= 1"),
         ("model.coda_layers", cfg.model.coda_layers >= 0, ">= 0"),
         ("model.state_init_std", cfg.model.state_init_std >= 0, ">= 0"),
+        ("model.latent_init_std", cfg.model.latent_init_std >= 0, ">= 0"),
         ("model.repeats", _int_list_ok(cfg.model.repeats), "comma-separated integers >= 1, e.g. 2,1,1,1"),
         ("train.eval_recurrence", _int_list_ok(cfg.train.eval_recurrence) and bool(cfg.train.eval_recurrence), "comma-separated integers >= 1"),
         ("train.eval_batches", cfg.train.eval_batches >= 1, ">= 1"),

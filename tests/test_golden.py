@@ -20,6 +20,7 @@ PRESETS = [
     "trm-sudoku-cpu", "hrm-sudoku-cpu", "looped-sudoku-cpu", "score-sudoku-cpu", "urm-sudoku-cpu", "depthrec-sudoku-cpu",
     "transformer-sudoku-cpu", "attractor-sudoku-cpu", "trm-bool-depth", "transformer-bool-depth", "trm-cellular",
     "transformer-cellular", "trm-graph-reach", "transformer-graph-reach", "trm-khop", "transformer-khop", "trm-sudoku-hard-cpu",
+    "looped-graph-lists", "transformer-graph-lists",
 ]
 LM_PRESETS = [
     "gpt-shakespeare-char", "ilr-shakespeare-char", "recurrent-lm-shakespeare-char", "attractor-lm-shakespeare-char",

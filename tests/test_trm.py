@@ -178,3 +178,24 @@ def test_pre_norm_state_keeps_its_scale_over_segments(cls):
         for _ in range(8):
             state = model(tokens, state).state
     assert max(s.pow(2).mean(-1).sqrt().max().item() for s in state) > 10
+
+
+def test_latent_init_std_scales_the_initial_latents_only():
+    """latent_init_std scales the same draws (so every other parameter is unchanged);
+    at 0 TRM's first call sees the embedded input alone."""
+    base, zero = tiny(TRM), tiny(TRM, latent_init_std=0.0)
+    half = tiny(TRM, latent_init_std=0.5)
+    assert all(torch.equal(p, q) for p, q in zip(base.parameters(), zero.parameters()))
+    torch.testing.assert_close(half.latent_init, 0.5 * base.latent_init)
+    assert zero.latent_init.abs().max() == 0
+    tokens = torch.randint(0, 10, (2, 9))
+    y, z = zero.init_state(2, 9)
+    x = zero.embed(tokens)
+    torch.testing.assert_close(zero.net(z + y + x), zero.net(x))
+    with pytest.raises(ValueError, match="latent_init_std"):
+        tiny(TRM, latent_init_std=-1.0)
+    from ponder.config import build_config, parse_overrides
+    from ponder.errors import PonderInputError
+
+    with pytest.raises(PonderInputError, match="model.latent_init_std"):
+        build_config(overrides=parse_overrides(["model.latent_init_std=-0.5"]))

@@ -55,6 +55,7 @@ def build_model(cfg: ModelConfig, vocab: int, seq_len: int, task_mask: torch.Ten
         halting=cfg.halting,
         halt_readout=cfg.halt_readout,
         puzzle_prefix=cfg.puzzle_prefix,
+        latent_init_std=cfg.latent_init_std,
         num_puzzles=num_puzzles if cfg.puzzle_embedding else 0,
     )
 

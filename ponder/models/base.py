@@ -64,6 +64,7 @@ class RecurrentModel(nn.Module):
         puzzle_prefix: int = 0,
         calls_per_cycle: int = 1,
         norm: str = "post",
+        latent_init_std: float = 1.0,
     ):
         """`positions`: rope, learned or none (auto: rope with attention, learned with the
         sequence MLP). `norm`: the blocks' residual form (`ponder.nn.blocks.Block`); with
@@ -78,6 +79,9 @@ class RecurrentModel(nn.Module):
             positions = "rope" if mixer == "attention" else "learned"
         if positions not in POSITIONS or (positions == "rope" and mixer != "attention"):
             raise ValueError(f"positions: expected rope (with attention), learned or none, got {positions!r} with mixer {mixer!r}")
+        if latent_init_std < 0:
+            raise ValueError(f"latent_init_std must be >= 0, got {latent_init_std}")
+        self.latent_init_std = latent_init_std
         if puzzle_prefix < 0:
             raise ValueError(f"puzzle_prefix must be >= 0, got {puzzle_prefix}")
         self.vocab, self.seq_len, self.hidden = vocab, seq_len, hidden
@@ -109,7 +113,9 @@ class RecurrentModel(nn.Module):
         self.head = linear(hidden, self.vocab)
         self.halt_head = segment_halting(self.halting, hidden, self.halt_readout)  # the halting rule: its head, loss and stop decision
         # Fixed (not learned) initial latents: one vector per latent, broadcast over positions.
-        self.register_buffer("latent_init", torch.stack([truncated_normal_(torch.empty(hidden), 1.0) for _ in range(latents)]))
+        # Drawn at std 1 and then scaled, so every `latent_init_std` takes the same random draws.
+        draws = torch.stack([truncated_normal_(torch.empty(hidden), 1.0) for _ in range(latents)])  # (latents, D)
+        self.register_buffer("latent_init", draws * self.latent_init_std)
 
     def init_state(self, batch: int, seq_len: int) -> State:
         """The initial latents for `batch` examples of `seq_len` tokens (plus the prefix)."""

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from records import run_jobs, train_command, write_record
 
+from ponder.tasks.compositional import TASKS as COMPOSITIONAL_TASKS
+
 TASKS = ("graph-reach", "bool-depth", "khop", "cellular")  # the default run: each has a trm- and a transformer- preset
-MORE_TASKS = ("graph-lists",)  # presets looped-graph-lists and transformer-graph-lists: `--tasks graph-lists --families looped transformer`
 FAMILIES = ("trm", "transformer")
 SHOWN_SEGMENTS = (1, 2, 4, 8, 16)
 
@@ -32,8 +33,8 @@ SHOWN_SEGMENTS = (1, 2, 4, 8, 16)
 def run(out: Path, minutes: float, tasks: list[str], families: list[str], seed: int, jobs: int, threads: int) -> None:
     from ponder.config import preset_names
 
-    missing = [f"{family}-{task}" for task in tasks for family in families if f"{family}-{task}" not in preset_names()]
-    if missing:
+    missing = sorted({f"{family}-{task}" for task in tasks for family in families} - set(preset_names()))
+    if missing:  # e.g. graph-lists has looped- and transformer- presets: --tasks graph-lists --families looped transformer
         raise SystemExit(f"no preset named {', '.join(missing)}: pick --families with a preset for each of --tasks")
     run_jobs([train_command(out / task / family, "--preset", f"{family}-{task}", f"train.budget_minutes={minutes}",
                             f"train.seed={seed}", f"train.threads={threads}")
@@ -149,7 +150,7 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--out", type=Path, default=Path("runs/depth"))
     r.add_argument("--minutes", type=float, default=10.0)
-    r.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS + MORE_TASKS)
+    r.add_argument("--tasks", nargs="+", default=list(TASKS), choices=sorted(COMPOSITIONAL_TASKS))
     r.add_argument("--families", nargs="+", default=list(FAMILIES))
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--jobs", type=int, default=2, help="runs at a time")

@@ -21,6 +21,7 @@ import torch
 from ponder.config import RunConfig, apply_values, build_config, load_yaml, parse_overrides, preset_names, preset_path
 from ponder.errors import PonderInputError
 from ponder.eval.breadth import evaluate_breadth
+from ponder.eval.commit import evaluate_commit
 from ponder.eval.evaluate import evaluate as evaluate_model
 from ponder.eval.evaluate import ablation_ids, ablation_scores, run_early_exit, run_segments
 from ponder.eval.stopping import TARGETS, StopRule, calibrate
@@ -74,6 +75,7 @@ def evaluate(
     run: str, data: str | None = None, segments: int | None = None, split: str = "test", exit_tol: float | None = None,
     breadth: int = 1, init_noise: float = 0.5, langevin: float = 0.0, solver_iters: int | None = None,
     recurrence: str | None = None, calibrate_halting: bool = False, calibrate_target: str = "last",
+    commit: int = 0, commit_rounds: int | None = None, commit_restart: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a trained run (its EMA weights) with every segment's answer recorded (a
     language-model run: validation loss by test-time recurrence).
@@ -91,6 +93,9 @@ def evaluate(
         recurrence: language runs: test-time recurrences, comma-separated, e.g. 1,4,16,64 (default: the run's train.eval_recurrence)
         calibrate_halting: also choose a stop rule on a validation split (that of --data when it is a dataset folder with one, else the run's own; ponder.eval.stopping) and report it, with its accuracy/segments trade-off curve, on this split
         calibrate_target: with calibrate_halting, the validation accuracy the rule keeps: last (after every segment) or best (the best any candidate rule reaches; for models that lose accuracy when run longer than they trained)
+        commit: N > 0 also runs test-time commitment (Sudoku): --segments segments per round, then the N surest blank cells become givens, until the answer checks; with --breadth K starts, the first to check wins (ponder.eval.commit)
+        commit_rounds: with commit: the most rounds (default: enough to fill every cell, plus one)
+        commit_restart: with commit: start each round from the initial state instead of carrying the state over
     """
     if is_language_run(run):
         return evaluate_language(run, recurrence)
@@ -105,6 +110,8 @@ def evaluate(
         raise PonderInputError(f"--calibrate-target: expected one of {', '.join(TARGETS)}, got {calibrate_target!r}")
     if breadth < 1 or not (0 <= init_noise < math.inf and 0 <= langevin < math.inf):
         raise PonderInputError(f"--breadth >= 1, --init-noise >= 0 and --langevin >= 0 expected, got {breadth}, {init_noise}, {langevin}")
+    if commit < 0 or (commit_rounds is not None and commit_rounds < 1):
+        raise PonderInputError(f"--commit >= 0 and --commit-rounds >= 1 expected, got {commit} and {commit_rounds}")
     options: dict[str, Any] = {}  # per-call model options
     if solver_iters is not None:
         if cfg.model.family != "attractor":
@@ -161,6 +168,14 @@ def evaluate(
         extra["breadth"] = evaluate_breadth(
             model, examples.inputs.to(device), examples.labels.to(device), n_segments, breadth, init_noise, langevin,
             autocast=cfg.train.autocast, ids=ids, seed=cfg.train.seed, calls_per_segment=calls, check=builder.check, **options,
+        ).to_dict()
+    if commit:
+        if builder.blank is None:
+            raise PonderInputError(f"--commit: task '{builder.name}' has no blank cells for answers to fill; commitment is for Sudoku")
+        extra["commit"] = evaluate_commit(
+            model, examples.inputs.to(device), examples.labels.to(device), builder.check, builder.blank, n_segments, commit,
+            commit_rounds or -(-model.seq_len // commit) + 1, breadth, init_noise, commit_restart, autocast=cfg.train.autocast,
+            ids=ids, seed=cfg.train.seed, calls_per_segment=calls, **options,
         ).to_dict()
     return {"data": source, **result.to_dict(), **extra}
 

@@ -196,6 +196,8 @@ def show_scores(result: dict[str, Any]) -> None:
         show_task_metrics({k: v for k, v in (scores.get("task_metrics") or {}).items() if isinstance(v, (float, dict))}, indent="    ")
     if "breadth" in result:
         show_breadth(result["breadth"])
+    if "commit" in result:
+        show_commit(result["commit"])
 
 
 def show_calibration(c: dict[str, Any], points: int = 12) -> None:
@@ -277,6 +279,18 @@ def show_breadth(b: dict[str, Any]) -> None:
             print(f"  {rule}: mean segments each start runs (it stops all starts at the first {'halt' if rule == 'first_halt' else 'answer that checks'})")
             for s, row in enumerate(b[f"{rule}_segments"], start=1):
                 print(f"    {s:>8} " + "".join(f"{a:>9.2f}" for a in row))
+
+
+def show_commit(c: dict[str, Any]) -> None:
+    """Commitment: exact accuracy by round limit (rows) x starts (columns), with the
+    segment-runs it spends per puzzle."""
+    how = "from the initial state" if c["restart"] else "state carried over"
+    print(f"  commit: {c['per_round']} cells per round after {c['segments']} segments ({how}), {c['starts']} starts "
+          f"(init noise {c['init_noise']}); exact accuracy (segment-runs per puzzle), rounds x starts")
+    print("    rounds " + "".join(f"{'k=' + str(k):>17}" for k in c["breadths"]))
+    for r, (row, runs) in enumerate(zip(c["accuracy"], c["segment_runs"]), start=1):
+        print(f"    {r:>6} " + "".join(f"{a:>8.4f} ({n:>6.1f})" for a, n in zip(row, runs)))
+    print(f"  commit, start 0: {c['committed']:.1f} cells committed per puzzle on average; some wrong in {c['spoiled']:.1%} of puzzles")
 
 
 def show_solve(result: dict[str, Any]) -> None:

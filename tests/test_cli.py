@@ -55,6 +55,17 @@ def test_eval_convergence_exit_and_breadth(tiny_run, capsys):
     assert code == 0 and "exit on convergence" in out and "residual:" in out and "k=2" in out and "answer that checks" in out
 
 
+def test_eval_commitment(tiny_run, capsys):
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 2, "--commit", 20, "--breadth", 2, "--json")
+    result = json.loads(out)
+    c = result["commit"]
+    assert code == 0 and c["rounds"] == 6 and c["breadths"] == [1, 2] and len(c["accuracy"]) == 6  # 81 cells / 20, plus one
+    assert c["accuracy"][0][0] == result["accuracy_by_segment"][-1]  # round 1, one start: the plain run
+    assert all(row[1] >= row[0] for row in c["passed"]) and c["segment_runs"][0] == [2.0, 4.0]
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 2, "--commit", 40, "--commit-rounds", 2, "--commit-restart")
+    assert code == 0 and "commit: 40 cells per round after 2 segments (from the initial state)" in out
+
+
 def test_eval_calibrates_a_stop_rule_on_validation(tiny_run, capsys, tmp_path):
     code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 3, "--calibrate-halting", "--json")
     c = json.loads(out)["calibrated_halting"]
@@ -152,6 +163,7 @@ def bad_cases(tiny_run, tmp_path):
         (["bench", "solvers", "--dtype", "int8"], "--dtype: expected float32 or float64"),
         (["eval", tiny_run, "--exit-tol", 0], "--exit-tol: expected a tolerance > 0"),
         (["eval", tiny_run, "--breadth", 0], "--breadth >= 1"),
+        (["eval", tiny_run, "--commit", 5, "--commit-rounds", 0], "--commit >= 0 and --commit-rounds >= 1 expected"),
         (["solve", "." * 81, "--run", tiny_run, "--exit-tol", -1], "--exit-tol: expected a finite value >= 0"),
         (["eval", tmp_path / "missing"], "no such run folder"),
         (["eval", no_config], "not a run folder"),

@@ -23,6 +23,7 @@ from ponder.tasks.grids import seed_int
 
 SIZE = 81
 VOCAB = 10  # 0 = blank, 1..9 = digits
+BLANK = 0  # the token of an empty cell
 BLANK_CHARS = ".0"
 
 _ROW = [i // 9 for i in range(SIZE)]

@@ -75,7 +75,7 @@ def evaluate(
     run: str, data: str | None = None, segments: int | None = None, split: str = "test", exit_tol: float | None = None,
     breadth: int = 1, init_noise: float = 0.5, langevin: float = 0.0, solver_iters: int | None = None,
     recurrence: str | None = None, calibrate_halting: bool = False, calibrate_target: str = "last",
-    commit: int = 0, commit_rounds: int | None = None, commit_restart: bool = False,
+    commit: int = 0, commit_rounds: int | None = None, commit_restart: bool = False, commit_unfiltered: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a trained run (its EMA weights) with every segment's answer recorded (a
     language-model run: validation loss by test-time recurrence).
@@ -96,6 +96,7 @@ def evaluate(
         commit: N > 0 also runs test-time commitment (Sudoku): --segments segments per round, then the N surest blank cells become givens, until the answer checks; with --breadth K starts, the first to check wins (ponder.eval.commit)
         commit_rounds: with commit: the most rounds (default: enough to fill every cell, plus one)
         commit_restart: with commit: start each round from the initial state instead of carrying the state over
+        commit_unfiltered: with commit: let a cell take any answer, not only those the task's rules still allow (Sudoku: digits no peer holds), and never stop a start on a contradiction
     """
     if is_language_run(run):
         return evaluate_language(run, recurrence)
@@ -175,7 +176,7 @@ def evaluate(
         extra["commit"] = evaluate_commit(
             model, examples.inputs.to(device), examples.labels.to(device), builder.check, builder.blank, n_segments, commit,
             commit_rounds or -(-model.seq_len // commit) + 1, breadth, init_noise, commit_restart, autocast=cfg.train.autocast,
-            ids=ids, seed=cfg.train.seed, calls_per_segment=calls, **options,
+            ids=ids, seed=cfg.train.seed, calls_per_segment=calls, candidates=None if commit_unfiltered else builder.candidates, **options,
         ).to_dict()
     return {"data": source, **result.to_dict(), **extra}
 

@@ -290,7 +290,8 @@ def show_commit(c: dict[str, Any]) -> None:
     print("    rounds " + "".join(f"{'k=' + str(k):>17}" for k in c["breadths"]))
     for r, (row, runs) in enumerate(zip(c["accuracy"], c["segment_runs"]), start=1):
         print(f"    {r:>6} " + "".join(f"{a:>8.4f} ({n:>6.1f})" for a, n in zip(row, runs)))
-    print(f"  commit, start 0: {c['committed']:.1f} cells committed per puzzle on average; some wrong in {c['spoiled']:.1%} of puzzles")
+    stuck = f"; stopped on a contradiction in {c['contradicted']:.1%}" if c["filtered"] else " (unfiltered)"
+    print(f"  commit, start 0: {c['committed']:.1f} cells committed per puzzle on average; some wrong in {c['spoiled']:.1%} of puzzles{stuck}")
 
 
 def show_solve(result: dict[str, Any]) -> None:

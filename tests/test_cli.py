@@ -61,9 +61,10 @@ def test_eval_commitment(tiny_run, capsys):
     c = result["commit"]
     assert code == 0 and c["rounds"] == 6 and c["breadths"] == [1, 2] and len(c["accuracy"]) == 6  # 81 cells / 20, plus one
     assert c["accuracy"][0][0] == result["accuracy_by_segment"][-1]  # round 1, one start: the plain run
-    assert all(row[1] >= row[0] for row in c["passed"]) and c["segment_runs"][0] == [2.0, 4.0]
-    code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 2, "--commit", 40, "--commit-rounds", 2, "--commit-restart")
-    assert code == 0 and "commit: 40 cells per round after 2 segments (from the initial state)" in out
+    assert all(row[1] >= row[0] for row in c["passed"]) and c["segment_runs"][0] == [2.0, 4.0] and c["filtered"]
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 2, "--commit", 40, "--commit-rounds", 2, "--commit-restart",
+                           "--commit-unfiltered")
+    assert code == 0 and "commit: 40 cells per round after 2 segments (from the initial state)" in out and "(unfiltered)" in out
 
 
 def test_eval_calibrates_a_stop_rule_on_validation(tiny_run, capsys, tmp_path):

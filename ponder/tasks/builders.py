@@ -47,6 +47,7 @@ class Builder:
     score: Callable[..., dict] | None = None  # (inputs, preds, halt probs, split, info, out_dir) -> the task's own metrics
     check: Callable | None = None  # (inputs, preds) -> (B,) bool: the answer obeys the task's rules, read from the input alone (the verified breadth rule)
     blank: int | None = None  # the input token of an empty cell, where the answer fills those cells in the input's vocabulary (test-time commitment, ponder.eval.commit)
+    candidates: Callable | None = None  # (inputs) -> (B, L, V) bool: the answers each cell may still take under the task's rules (commitment commits only those)
     nearest_answer: Callable | None = None  # (inputs, labels, logits) -> the right answer nearest the prediction, where several are right (train.loss_target=nearest)
 
     def resolve(self, cfg: TaskConfig) -> TaskConfig:
@@ -469,7 +470,7 @@ BUILDERS: dict[str, Builder] = {
         _make_sudoku, sudoku.VOCAB, sudoku.SIZE, sudoku.render_example,
         keys=("blanks", "max_blanks", "harden_steps", "train_size", "val_size", "test_size", "train_file", "val_file", "test_file", "augment"),
         defaults={"train_size": 10000, "val_size": 500, "test_size": 1000},
-        augment=sudoku.augment_keyed, attention_mask=sudoku.peer_mask, score=score_sudoku, check=sudoku.solves, blank=sudoku.BLANK,
+        augment=sudoku.augment_keyed, attention_mask=sudoku.peer_mask, score=score_sudoku, check=sudoku.solves, blank=sudoku.BLANK, candidates=sudoku.candidates,
     ),
     "sudoku-extreme-1k": Builder(
         "sudoku-extreme-1k", "the 1,000 Sudoku-Extreme training puzzles x (1 + augmentations) symmetries; "
@@ -480,13 +481,13 @@ BUILDERS: dict[str, Builder] = {
         raw=("sudoku-extreme-1k", "sudoku-hard-sets"),
         augment=sudoku.augment_keyed, attention_mask=sudoku.peer_mask,
         puzzle_count=lambda cfg: 1 + 1000,  # one identifier per training puzzle, shared by its symmetric copies
-        score=score_sudoku, check=sudoku.solves, blank=sudoku.BLANK,
+        score=score_sudoku, check=sudoku.solves, blank=sudoku.BLANK, candidates=sudoku.candidates,
     ),
     "sudoku-hard-test": Builder(
         "sudoku-hard-test", "the held-out Sudoku test set alone (test split of sudoku-extreme-1k with the same seed and size)",
         _make_sudoku_hard_test, sudoku.VOCAB, sudoku.SIZE, sudoku.render_example,
         keys=("test_size",), defaults={"test_size": 1000}, raw=("sudoku-extreme-1k", "sudoku-hard-sets"),
-        attention_mask=sudoku.peer_mask, score=score_sudoku, check=sudoku.solves, blank=sudoku.BLANK,
+        attention_mask=sudoku.peer_mask, score=score_sudoku, check=sudoku.solves, blank=sudoku.BLANK, candidates=sudoku.candidates,
     ),
     "maze-hard": Builder(
         "maze-hard", "Maze-Hard: 30x30 mazes whose shortest path has at least 110 cells (1,000 train less a validation "

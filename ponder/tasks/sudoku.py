@@ -199,6 +199,17 @@ def valid_solutions(grids: torch.Tensor) -> torch.Tensor:
     return (onehot.sum(dim=2) == 1).all(dim=(1, 2))
 
 
+def candidates(grids: torch.Tensor) -> torch.Tensor:
+    """(B, 81) grids, 0 = blank -> (B, 81, VOCAB) bool: the digits each cell may still
+    take: a filled cell its own digit, a blank cell every digit none of its peers holds
+    (never the blank token). A blank cell with none left means a contradiction."""
+    onehot = torch.nn.functional.one_hot(grids.long(), VOCAB).float()  # (B, 81, V)
+    onehot[..., BLANK] = 0
+    peers = peer_mask().to(grids.device).float()  # (81, 81), each cell its own peer
+    taken = (peers @ onehot) > 0  # (B, 81, V) some peer (or the cell) holds the digit
+    return torch.where((grids == BLANK)[..., None], ~taken, onehot > 0) & (torch.arange(VOCAB, device=grids.device) != BLANK)
+
+
 def solves(puzzles: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
     """(B, 81) puzzles and (B, 81) answers -> (B,) bool: a valid full grid that keeps
     every given. Reads no label: where the solution is unique, this is "right"."""

@@ -53,7 +53,7 @@ class CommitResult:
     calls_per_segment: int
     spoiled: float  # share of puzzles where start 0 committed some wrong cell (reads the label: a diagnostic, not a rule)
     committed: float  # mean cells start 0 committed per puzzle
-    contradicted: float  # share of puzzles where start 0 stopped on a contradiction (label-free; 0 without candidates)
+    contradicted: float  # share of puzzles where start 0 ended with a blank cell no candidate fits (label-free; 0 without candidates)
     filtered: bool  # commits were restricted to the task's candidates
 
     def to_dict(self) -> dict:
@@ -98,7 +98,8 @@ def run_commit(
             ran[active] = r + 1
             rows_state = tuple(s[active] for s in init) if restart else state  # a = len(active) rows
             rows_ids = None if puzzle_ids is None else puzzle_ids[active]
-            for last in think(model, tokens[active], segments, ids=rows_ids, state=rows_state, autocast=autocast, **options):
+            rows = tokens[active]  # (a, L) the puzzles as committed so far
+            for last in think(model, rows, segments, ids=rows_ids, state=rows_state, autocast=autocast, **options):
                 pass
             logits = last.out.logits.float()  # (a, L, V)
             pred = logits.argmax(-1)  # (a, L)
@@ -107,10 +108,10 @@ def run_commit(
             when[active[ok]] = r
             probs = logits.softmax(-1)
             probs[..., blank] = 0  # a committed cell gets a real answer, never the blank token
-            open_cells = tokens[active] == blank  # (a, L)
+            open_cells = rows == blank  # (a, L)
             keep = ~ok & open_cells.any(dim=1)  # rows with something left to commit
             if candidates is not None:
-                allowed = candidates(tokens[active]).to(device)  # (a, L, V)
+                allowed = candidates(rows).to(device)  # (a, L, V)
                 probs = probs * allowed
                 keep &= ~(open_cells & ~allowed.any(dim=-1)).any(dim=1)  # a contradiction ends the start
             confidence, choice = probs.max(-1)  # (a, L)
@@ -118,7 +119,7 @@ def run_commit(
             top = confidence.topk(min(per_round, tokens.shape[1]), dim=1)  # (a, per_round) the surest cells
             chosen = torch.zeros_like(open_cells).scatter_(1, top.indices, top.values > 0)  # open ones with an allowed answer
             chosen &= keep[:, None]  # a row that passed keeps its puzzle as it was
-            tokens[active] = torch.where(chosen, choice, tokens[active])
+            tokens[active] = torch.where(chosen, choice, rows)
             state = tuple(s[keep] for s in last.out.state)
             active = active[keep]
             if active.numel() == 0:

@@ -464,13 +464,18 @@ def score_arc(inputs, preds, halt_probs, split, info, out_dir) -> dict:
 
 # ------------------------------------------------------------------------- registry
 
+# What every Sudoku dataset shares: the constraint-graph attention mask, its metrics, the
+# label-free answer check, and the blank token and candidate digits that commitment uses.
+_SUDOKU_RULES = dict(attention_mask=sudoku.peer_mask, score=score_sudoku, check=sudoku.solves, blank=sudoku.BLANK,
+                     candidates=sudoku.candidates)
+
 BUILDERS: dict[str, Builder] = {
     "sudoku": Builder(
         "sudoku", "generated 9x9 Sudoku with a unique solution and a chosen number of blanks (no download)",
         _make_sudoku, sudoku.VOCAB, sudoku.SIZE, sudoku.render_example,
         keys=("blanks", "max_blanks", "harden_steps", "train_size", "val_size", "test_size", "train_file", "val_file", "test_file", "augment"),
         defaults={"train_size": 10000, "val_size": 500, "test_size": 1000},
-        augment=sudoku.augment_keyed, attention_mask=sudoku.peer_mask, score=score_sudoku, check=sudoku.solves, blank=sudoku.BLANK, candidates=sudoku.candidates,
+        augment=sudoku.augment_keyed, **_SUDOKU_RULES,
     ),
     "sudoku-extreme-1k": Builder(
         "sudoku-extreme-1k", "the 1,000 Sudoku-Extreme training puzzles x (1 + augmentations) symmetries; "
@@ -479,15 +484,14 @@ BUILDERS: dict[str, Builder] = {
         keys=("val_size", "test_size", "augmentations", "augment"),
         defaults={"val_size": 500, "test_size": 1000, "augmentations": 1000},
         raw=("sudoku-extreme-1k", "sudoku-hard-sets"),
-        augment=sudoku.augment_keyed, attention_mask=sudoku.peer_mask,
+        augment=sudoku.augment_keyed, **_SUDOKU_RULES,
         puzzle_count=lambda cfg: 1 + 1000,  # one identifier per training puzzle, shared by its symmetric copies
-        score=score_sudoku, check=sudoku.solves, blank=sudoku.BLANK, candidates=sudoku.candidates,
     ),
     "sudoku-hard-test": Builder(
         "sudoku-hard-test", "the held-out Sudoku test set alone (test split of sudoku-extreme-1k with the same seed and size)",
         _make_sudoku_hard_test, sudoku.VOCAB, sudoku.SIZE, sudoku.render_example,
         keys=("test_size",), defaults={"test_size": 1000}, raw=("sudoku-extreme-1k", "sudoku-hard-sets"),
-        attention_mask=sudoku.peer_mask, score=score_sudoku, check=sudoku.solves, blank=sudoku.BLANK, candidates=sudoku.candidates,
+        **_SUDOKU_RULES,
     ),
     "maze-hard": Builder(
         "maze-hard", "Maze-Hard: 30x30 mazes whose shortest path has at least 110 cells (1,000 train less a validation "

@@ -22,6 +22,12 @@ minimal puzzles), scored on the hardest published puzzles (`sudoku-hard-test`).
         runs. With --val the starts' initial-noise scale is chosen on those validation
         puzzles (verified accuracy at the most segments and starts), then tested
 
+    python benchmarks/hard_sudoku.py hints RUN --data DIR/hard-val.txt [--given 0 1 3 5 10] [--segments 8]
+        a diagnostic that reads the labels: exact accuracy when k random blank cells of
+        each puzzle get their right digit before the model runs. It says how far the
+        model is from solving once a few cells are right (what `ponder eval --branch`
+        searches for without labels)
+
 Nothing here trains on a test file: training data are generated (`task.max_blanks`).
 """
 
@@ -129,6 +135,38 @@ def difficulty_table(run: Path, data: Path, n: int) -> str:
     return "\n".join(lines)
 
 
+def with_hints(puzzles, solutions, k: int, gen):
+    """(N, 81) puzzles with `k` random blank cells each (all where fewer) set to the
+    solution's digit."""
+    import torch
+
+    hinted = puzzles.clone()
+    for row in range(len(puzzles)):
+        blanks = (puzzles[row] == sudoku.BLANK).nonzero().flatten()
+        cells = blanks[torch.randperm(len(blanks), generator=gen)[:k]]
+        hinted[row, cells] = solutions[row, cells]
+    return hinted
+
+
+def hint_curve(run: Path, data: Path, given: list[int], segments: int, seed: int = 0) -> dict[int, float]:
+    """Exact accuracy after `segments` segments when `k` random blank cells per puzzle of
+    a puzzle file hold their label's digit, for each k in `given` (seeded; reads labels)."""
+    import torch
+
+    from ponder.eval.evaluate import run_segments
+    from ponder.train.losses import answer_correct
+
+    _, model, device = api.load_trained(str(run))
+    model.eval()
+    puzzles, solutions = (torch.from_numpy(a).long() for a in sudoku.read_puzzles(data))
+    gen = torch.Generator().manual_seed(seed)
+    curve = {}
+    for k in given:
+        preds = run_segments(model, with_hints(puzzles, solutions, k, gen).to(device), segments).preds[:, -1].cpu()  # (N, L)
+        curve[k] = round(float(answer_correct(preds, solutions).float().mean()), 6)
+    return curve
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -147,8 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--val", type=Path, help="validation puzzles (a puzzle-per-line file) to choose the initial noise on")
     r.add_argument("--noises", type=float, nargs="+", default=[0.5], help="initial-noise scales to try on --val (the first without it)")
     r.add_argument("--out", type=Path)
+    h = sub.add_parser("hints")
+    h.add_argument("run", type=Path)
+    h.add_argument("--data", type=Path, required=True, help="a puzzle file with solutions (one puzzle per line or a CSV)")
+    h.add_argument("--given", type=int, nargs="+", default=[0, 1, 3, 5, 10])
+    h.add_argument("--segments", type=int, default=8)
     args = parser.parse_args(argv)
-    if args.verb == "files":
+    if args.verb == "hints":
+        curve = hint_curve(args.run, args.data, args.given, args.segments)
+        print("| right cells given | " + " | ".join(str(k) for k in curve) + " |")
+        print("|---" * (len(curve) + 1) + "|")
+        print(f"| exact accuracy, {args.segments} segments | " + " | ".join(f"{a:.1%}" for a in curve.values()) + " |")
+    elif args.verb == "files":
         write_files(args.out, args.val_size)
     elif args.verb == "difficulty":
         print(difficulty_table(args.run, args.data, args.n))

@@ -20,6 +20,7 @@ import torch
 
 from ponder.config import RunConfig, apply_values, build_config, load_yaml, parse_overrides, preset_names, preset_path
 from ponder.errors import PonderInputError
+from ponder.eval.branch import evaluate_branch
 from ponder.eval.breadth import evaluate_breadth
 from ponder.eval.commit import evaluate_commit
 from ponder.eval.evaluate import evaluate as evaluate_model
@@ -76,6 +77,7 @@ def evaluate(
     breadth: int = 1, init_noise: float = 0.5, langevin: float = 0.0, solver_iters: int | None = None,
     recurrence: str | None = None, calibrate_halting: bool = False, calibrate_target: str = "last",
     commit: int = 0, commit_rounds: int | None = None, commit_restart: bool = False, commit_unfiltered: bool = False,
+    branch: int = 0, branch_segments: int | None = None, branch_width: int = 64,
 ) -> dict[str, Any]:
     """Evaluate a trained run (its EMA weights) with every segment's answer recorded (a
     language-model run: validation loss by test-time recurrence).
@@ -97,6 +99,9 @@ def evaluate(
         commit_rounds: with commit: the most rounds (default: enough to fill every cell, plus one)
         commit_restart: with commit: start each round from the initial state instead of carrying the state over
         commit_unfiltered: with commit: let a cell take any answer, not only those the task's rules still allow (Sudoku: digits no peer holds), and never stop a start on a contradiction
+        branch: D > 0 also runs test-time branching (Sudoku) to depth D: an unsolved node writes each candidate digit of one blank cell in turn and the children think on, until an answer checks (ponder.eval.branch)
+        branch_segments: with branch: segments each child runs from its parent's state (default: --segments)
+        branch_width: with branch: the most nodes a puzzle keeps at one level (the ones whose written digits the model rated most likely)
     """
     if is_language_run(run):
         return evaluate_language(run, recurrence)
@@ -113,6 +118,8 @@ def evaluate(
         raise PonderInputError(f"--breadth >= 1, --init-noise >= 0 and --langevin >= 0 expected, got {breadth}, {init_noise}, {langevin}")
     if commit < 0 or (commit_rounds is not None and commit_rounds < 1):
         raise PonderInputError(f"--commit >= 0 and --commit-rounds >= 1 expected, got {commit} and {commit_rounds}")
+    if branch < 0 or branch_width < 1 or (branch_segments is not None and branch_segments < 1):
+        raise PonderInputError(f"--branch >= 0, --branch-segments >= 1 and --branch-width >= 1 expected, got {branch}, {branch_segments} and {branch_width}")
     options: dict[str, Any] = {}  # per-call model options
     if solver_iters is not None:
         if cfg.model.family != "attractor":
@@ -177,6 +184,14 @@ def evaluate(
             model, examples.inputs.to(device), examples.labels.to(device), builder.check, builder.blank, n_segments, commit,
             commit_rounds or -(-model.seq_len // commit) + 1, breadth, init_noise, commit_restart, autocast=cfg.train.autocast,
             ids=ids, seed=cfg.train.seed, calls_per_segment=calls, candidates=None if commit_unfiltered else builder.candidates, **options,
+        ).to_dict()
+    if branch:
+        if builder.blank is None or builder.candidates is None:
+            raise PonderInputError(f"--branch: task '{builder.name}' has no blank cells with candidate answers; branching is for Sudoku")
+        extra["branch"] = evaluate_branch(
+            model, examples.inputs.to(device), examples.labels.to(device), builder.check, builder.blank, builder.candidates,
+            n_segments, branch_segments or n_segments, branch, branch_width, autocast=cfg.train.autocast, ids=ids,
+            calls_per_segment=calls, **options,
         ).to_dict()
     return {"data": source, **result.to_dict(), **extra}
 

@@ -198,6 +198,8 @@ def show_scores(result: dict[str, Any]) -> None:
         show_breadth(result["breadth"])
     if "commit" in result:
         show_commit(result["commit"])
+    if "branch" in result:
+        show_branch(result["branch"])
 
 
 def show_calibration(c: dict[str, Any], points: int = 12) -> None:
@@ -292,6 +294,15 @@ def show_commit(c: dict[str, Any]) -> None:
         print(f"    {r:>6} " + "".join(f"{a:>8.4f} ({n:>6.1f})" for a, n in zip(row, runs)))
     stuck = f"; stopped on a contradiction in {c['contradicted']:.1%}" if c["filtered"] else " (unfiltered)"
     print(f"  commit, start 0: {c['committed']:.1f} cells committed per puzzle on average; some wrong in {c['spoiled']:.1%} of puzzles{stuck}")
+
+
+def show_branch(b: dict[str, Any]) -> None:
+    """Branching: exact accuracy, share passed, segment-runs and nodes by depth limit."""
+    print(f"  branch: {b['segments']} segments, then {b['branch_segments']} per child from its parent's state, "
+          f"at most {b['width']} nodes per puzzle and level")
+    print(f"    {'depth':>5} {'exact':>8} {'passed':>8} {'segment-runs':>13} {'nodes':>8}")
+    for d, row in enumerate(zip(b["accuracy"], b["passed"], b["segment_runs"], b["nodes"])):
+        print(f"    {d:>5} {row[0]:>8.4f} {row[1]:>8.4f} {row[2]:>13.1f} {row[3]:>8.1f}")
 
 
 def show_solve(result: dict[str, Any]) -> None:

@@ -67,6 +67,16 @@ def test_eval_commitment(tiny_run, capsys):
     assert code == 0 and "commit: 40 cells per round after 2 segments (from the initial state)" in out and "(unfiltered)" in out
 
 
+def test_eval_branching(tiny_run, capsys):
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 2, "--branch", 2, "--branch-segments", 1, "--branch-width", 4, "--json")
+    b = json.loads(out)["branch"]
+    assert code == 0 and b["depth"] == 2 and b["branch_segments"] == 1 and len(b["accuracy"]) == 3
+    assert b["accuracy"][0] == json.loads(out)["accuracy_by_segment"][-1] and b["segment_runs"][0] == 2.0  # level 0: the plain run
+    assert b["nodes"][1] <= 1 + 4 and all(x <= y for x, y in zip(b["passed"], b["passed"][1:]))
+    code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 2, "--branch", 1)
+    assert code == 0 and "branch: 2 segments, then 2 per child" in out and "segment-runs" in out
+
+
 def test_eval_calibrates_a_stop_rule_on_validation(tiny_run, capsys, tmp_path):
     code, out, _ = run_cli(capsys, "eval", tiny_run, "--segments", 3, "--calibrate-halting", "--json")
     c = json.loads(out)["calibrated_halting"]
@@ -165,6 +175,7 @@ def bad_cases(tiny_run, tmp_path):
         (["eval", tiny_run, "--exit-tol", 0], "--exit-tol: expected a tolerance > 0"),
         (["eval", tiny_run, "--breadth", 0], "--breadth >= 1"),
         (["eval", tiny_run, "--commit", 5, "--commit-rounds", 0], "--commit >= 0 and --commit-rounds >= 1 expected"),
+        (["eval", tiny_run, "--branch", 2, "--branch-width", 0], "--branch-width >= 1 expected"),
         (["solve", "." * 81, "--run", tiny_run, "--exit-tol", -1], "--exit-tol: expected a finite value >= 0"),
         (["eval", tmp_path / "missing"], "no such run folder"),
         (["eval", no_config], "not a run folder"),

@@ -198,3 +198,28 @@ def test_hard_report_chooses_the_noise_on_validation_and_verified_is_at_least_th
     for s in range(2):
         for j in range(len(result["breadth"]["breadths"])):
             assert acc["verified"][s][j] >= max(acc["vote"][s][j], acc["oracle"][s][j])
+
+
+def test_hints_write_k_right_digits_into_blank_cells(tmp_path):
+    """`benchmarks/hard_sudoku.py hints`: k blank cells per puzzle take the solution's
+    digit, the givens stay, and the curve has one accuracy per k."""
+    import sys
+
+    import torch
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import hard_sudoku
+
+    puzzles, solutions = (torch.from_numpy(a).long() for a in sudoku.generate(4, 30, seed=3))
+    hinted = hard_sudoku.with_hints(puzzles, solutions, 7, torch.Generator().manual_seed(0))
+    changed = hinted != puzzles
+    assert changed.sum(dim=1).tolist() == [7] * 4 and bool((puzzles[changed] == 0).all())
+    assert torch.equal(hinted[changed], solutions[changed])
+    assert torch.equal(hard_sudoku.with_hints(puzzles, solutions, 99, torch.Generator()), solutions)  # every blank
+    run = tmp_path / "run"
+    api.train(TINY + ["train.steps=2"], out=str(run), progress=False)
+    (tmp_path / "p.txt").write_text("\n".join(sudoku.format_grid(p) for p in puzzles.numpy()) + "\n")
+    curve = hard_sudoku.hint_curve(run, tmp_path / "p.txt", [0, 99], segments=2)
+    assert list(curve) == [0, 99] and all(0 <= a <= 1 for a in curve.values())

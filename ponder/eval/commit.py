@@ -15,7 +15,8 @@ from the model's initial state instead). With the task's `candidates` (Sudoku: t
 digits no peer holds) a cell only takes an answer the rules still allow, and a start
 whose puzzle has a blank cell with no candidate left has contradicted itself: it stops,
 without a label. A committed cell is never revised, so a wrong
-commit spoils the puzzle; breadth is the remedy: K starts (noise of scale `init_noise`
+commit spoils the puzzle (`ponder.eval.branch` tries every candidate of a cell instead);
+breadth is the remedy here: K starts (noise of scale `init_noise`
 on the initial latents of starts 2..K, as in `ponder.eval.breadth`) commit different
 cells, and the first start whose answer passes wins, all starts stopping there (the
 `verified` rule). No label is read. Only tasks whose answer fills the input's blank

@@ -13,8 +13,8 @@ given. Branching finds those cells by trying every candidate, breadth first:
              given; each child runs `branch_segments` segments from its parent's state
     stop a puzzle at the first level where some node's answer passes the check
 
-Exactly one child of a node holds the right digit, so level d always holds a node with
-d right cells (unless `width` cut it). A child whose puzzle has a blank cell that no
+A node whose written digits are right has exactly one child whose new digit is right too,
+so level d always holds a node with d right cells (unless `width` cut it). A child whose puzzle has a blank cell that no
 digit fits has contradicted itself and is dropped before it runs; where a puzzle's
 level would exceed `width` nodes, the ones whose written digits the model rated most
 likely (the sum of their log-probabilities) are kept. No label is read: an answer that

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ponder.eval.commit import contradicted
 from ponder.models.driver import think
 from ponder.train.losses import answer_correct
 
@@ -57,7 +58,7 @@ def branch_cell(tokens: torch.Tensor, allowed: torch.Tensor, sure: torch.Tensor,
     among them -> (B,) the cell to branch on: a blank one with the fewest candidates,
     on a tie the one the model is least sure of (lowest index on a full tie)."""
     count = allowed.sum(-1).float()  # (B, L)
-    score = (count + 0.5 * sure.clamp(0, 1)).masked_fill(tokens != blank, float("inf"))
+    score = (count + 0.5 * sure).masked_fill(tokens != blank, float("inf"))
     return score.argmin(dim=1)
 
 
@@ -85,6 +86,7 @@ def run_branch(
         owner = torch.arange(puzzles.shape[0], device=device)  # (m,) each node's puzzle (chunk index)
         tokens, state = puzzles.clone(), None  # (m, L) each node's puzzle with its written digits
         path = torch.zeros(puzzles.shape[0], device=device)  # (m,) log-probability of the written digits
+        allowed = candidates(puzzles).to(device)  # (m, L, V) the answers each node's cells may take (never the blank)
         for level in range(depth + 1):
             steps = segments if level == 0 else branch_segments
             logits, state = _run_nodes(model, tokens, state, owner, ids, begin, steps, batch_size, autocast, options)
@@ -95,21 +97,18 @@ def run_branch(
             nodes_run[:, level].index_add_(0, node_puzzle, torch.ones(len(node_puzzle)))
             if level == 0:
                 answers[begin : begin + puzzles.shape[0]] = pred.cpu()[:, None]
-            first_pass = torch.full((puzzles.shape[0],), -1, dtype=torch.long, device=device)
-            for node in reversed(ok.nonzero().flatten().tolist()):  # the lowest passing node of each puzzle wins
-                first_pass[owner[node]] = node
-            won = (first_pass >= 0).nonzero().flatten()
+            none = len(owner)  # no node passed
+            first_pass = torch.full((puzzles.shape[0],), none, dtype=torch.long, device=device)  # (b,) the lowest passing node wins
+            first_pass.scatter_reduce_(0, owner[ok], ok.nonzero().flatten(), reduce="amin")
+            won = (first_pass < none).nonzero().flatten()
             answers[won.cpu() + begin, level:] = pred[first_pass[won]].cpu()[:, None]
             passed_at[won.cpu() + begin] = level
             if level == depth:
                 break
-            live = first_pass[owner] < 0  # (m,) the node's puzzle is still unsolved
+            live = first_pass[owner] == none  # (m,) the node's puzzle is still unsolved
             if not bool(live.any()):
                 break
-            probs = logits.float().softmax(-1)
-            probs[..., blank] = 0
-            allowed = candidates(tokens).to(device) & (torch.arange(probs.shape[-1], device=device) != blank)  # (m, L, V)
-            probs = probs * allowed
+            probs = logits.float().softmax(-1) * allowed  # (m, L, V)
             cell = branch_cell(tokens, allowed, probs.max(-1).values, blank)  # (m,)
             live &= (tokens == blank).any(dim=1)
             node_rows = torch.arange(len(owner), device=device)
@@ -122,11 +121,12 @@ def run_branch(
             child = tokens[parent].clone()
             child[torch.arange(len(parent), device=device), cell[parent]] = digit
             child_path = path[parent] + probs[parent, cell[parent], digit].clamp_min(1e-12).log()
-            fits = ~((child == blank) & ~candidates(child).to(device).any(dim=-1)).any(dim=1)  # no contradiction
+            child_allowed = candidates(child).to(device)  # (c, L, V)
+            fits = ~contradicted(child, child_allowed, blank)
             keep = fits & _within_width(owner[parent].masked_fill(~fits, -1), child_path.masked_fill(~fits, -float("inf")), width)
             if not bool(keep.any()):
                 break
-            owner, tokens, path = owner[parent[keep]], child[keep], child_path[keep]
+            owner, tokens, path, allowed = owner[parent[keep]], child[keep], child_path[keep], child_allowed[keep]
             state = tuple(s[parent[keep]] for s in state)
     return answers, passed_at, segment_runs, nodes_run
 

@@ -61,6 +61,12 @@ class CommitResult:
         return asdict(self)
 
 
+def contradicted(tokens: torch.Tensor, allowed: torch.Tensor, blank: int) -> torch.Tensor:
+    """(B, L) puzzles and their (B, L, V) allowed answers -> (B,) bool: some blank cell has
+    no answer left, so no valid completion exists."""
+    return ((tokens == blank) & ~allowed.any(dim=-1)).any(dim=1)
+
+
 @torch.no_grad()
 def run_commit(
     model, inputs: torch.Tensor, check, blank: int, segments: int, per_round: int, rounds: int, starts: int = 1,
@@ -114,7 +120,7 @@ def run_commit(
             if candidates is not None:
                 allowed = candidates(rows).to(device)  # (a, L, V)
                 probs = probs * allowed
-                keep &= ~(open_cells & ~allowed.any(dim=-1)).any(dim=1)  # a contradiction ends the start
+                keep &= ~contradicted(rows, allowed, blank)  # a contradiction ends the start
             confidence, choice = probs.max(-1)  # (a, L)
             confidence = confidence.masked_fill(~open_cells, -1.0)
             top = confidence.topk(min(per_round, tokens.shape[1]), dim=1)  # (a, per_round) the surest cells
@@ -170,6 +176,6 @@ def evaluate_commit(
         calls_per_segment=calls_per_segment or model.calls_per_segment,
         spoiled=round(float(spoiled.float().mean()), 6), committed=round(float(commits.sum(dim=1).float().mean()), 4),
         contradicted=0.0 if candidates is None else round(float(
-            ((filled[:, 0] == blank) & ~candidates(filled[:, 0]).any(dim=-1)).any(dim=1).float().mean()), 6),
+            contradicted(filled[:, 0], candidates(filled[:, 0]), blank).float().mean()), 6),
         filtered=candidates is not None,
     )

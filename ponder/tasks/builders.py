@@ -47,7 +47,7 @@ class Builder:
     score: Callable[..., dict] | None = None  # (inputs, preds, halt probs, split, info, out_dir) -> the task's own metrics
     check: Callable | None = None  # (inputs, preds) -> (B,) bool: the answer obeys the task's rules, read from the input alone (the verified breadth rule)
     blank: int | None = None  # the input token of an empty cell, where the answer fills those cells in the input's vocabulary (test-time commitment, ponder.eval.commit)
-    candidates: Callable | None = None  # (inputs) -> (B, L, V) bool: the answers each cell may still take under the task's rules (commitment commits only those)
+    candidates: Callable | None = None  # (inputs) -> (B, L, V) bool: the answers each cell may still take under the task's rules, never the blank token (commitment commits only those; branching branches into them)
     nearest_answer: Callable | None = None  # (inputs, labels, logits) -> the right answer nearest the prediction, where several are right (train.loss_target=nearest)
 
     def resolve(self, cfg: TaskConfig) -> TaskConfig:

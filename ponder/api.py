@@ -175,7 +175,8 @@ def evaluate(
     if breadth > 1:
         extra["breadth"] = evaluate_breadth(
             model, examples.inputs.to(device), examples.labels.to(device), n_segments, breadth, init_noise, langevin,
-            autocast=cfg.train.autocast, ids=ids, seed=cfg.train.seed, calls_per_segment=calls, check=builder.check, **options,
+            autocast=cfg.train.autocast, ids=ids, seed=cfg.train.seed, calls_per_segment=calls, check=builder.check,
+            progress=sys.stderr.isatty(), **options,
         ).to_dict()
     if commit:
         if builder.blank is None:
@@ -183,7 +184,8 @@ def evaluate(
         extra["commit"] = evaluate_commit(
             model, examples.inputs.to(device), examples.labels.to(device), builder.check, builder.blank, n_segments, commit,
             commit_rounds or -(-model.seq_len // commit) + 1, breadth, init_noise, commit_restart, autocast=cfg.train.autocast,
-            ids=ids, seed=cfg.train.seed, calls_per_segment=calls, candidates=None if commit_unfiltered else builder.candidates, **options,
+            ids=ids, seed=cfg.train.seed, calls_per_segment=calls, candidates=None if commit_unfiltered else builder.candidates,
+            progress=sys.stderr.isatty(), **options,
         ).to_dict()
     if branch:
         if builder.blank is None or builder.candidates is None:
@@ -191,7 +193,7 @@ def evaluate(
         extra["branch"] = evaluate_branch(
             model, examples.inputs.to(device), examples.labels.to(device), builder.check, builder.blank, builder.candidates,
             n_segments, branch_segments or n_segments, branch, branch_width, autocast=cfg.train.autocast, ids=ids,
-            calls_per_segment=calls, **options,
+            calls_per_segment=calls, progress=sys.stderr.isatty(), **options,
         ).to_dict()
     return {"data": source, **result.to_dict(), **extra}
 

@@ -114,3 +114,50 @@ def test_branch_cell_and_width_rules():
 def test_branching_rejects_bad_settings():
     with pytest.raises(ValueError, match="must be >= 1"):
         run_branch(tiny(), torch.zeros(1, 9, dtype=torch.long), check, BLANK, row_candidates, 1, 1, 1, width=0)
+
+
+class CountingBar:
+    """Stands in for the progress bar: records what the search reports."""
+
+    def __init__(self, total, desc, enabled, unit="example"):
+        self.total, self.enabled, self.done, self.closed = total, enabled, 0, False
+
+    def update(self, n):
+        self.done += n
+
+    def set_postfix(self, **values):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("method", ["branch", "commit", "breadth", "segments"])
+def test_progress_reaches_its_total_and_changes_nothing(monkeypatch, method):
+    import ponder.eval.branch as branch_module
+    import ponder.eval.breadth as breadth_module
+    import ponder.eval.commit as commit_module
+    import ponder.eval.evaluate as evaluate_module
+
+    bars = []
+
+    def counting_bar(*args, **kwargs):
+        bars.append(CountingBar(*args, **kwargs))
+        return bars[-1]
+
+    for module in (branch_module, breadth_module, commit_module, evaluate_module):
+        monkeypatch.setattr(module, "progress_bar", counting_bar)
+    model = tiny()
+    torch.manual_seed(2)
+    puzzles = torch.randint(0, 6, (10, 9)) * (torch.rand(10, 9) < 0.3)
+    run = {  # each with a batch size that splits the 10 puzzles unevenly
+        "branch": lambda progress: run_branch(model, puzzles, check, BLANK, row_candidates, 2, 1, 3, batch_size=3, progress=progress),
+        "commit": lambda progress: commit_module.run_commit(model, puzzles, check, BLANK, 2, 2, 4, starts=2, batch_size=8,
+                                                            candidates=row_candidates, progress=progress),
+        "breadth": lambda progress: breadth_module.run_starts(model, puzzles, 2, 2, 0.5, batch_size=6, progress=progress),
+        "segments": lambda progress: (run_segments(model, puzzles, 2, batch_size=4, progress=progress).preds,),
+    }[method]
+    quiet, shown = run(False), run(True)
+    assert all(torch.equal(a, b) for a, b in zip(quiet, shown))
+    assert [bar.enabled for bar in bars] == [False, True] and all(bar.closed for bar in bars)
+    assert all(bar.done == bar.total for bar in bars) and bars[0].total == (40 if method == "branch" else 10)

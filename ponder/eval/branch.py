@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ponder.eval.commit import contradicted
+from ponder.eval.evaluate import progress_bar
 from ponder.models.driver import think
 from ponder.train.losses import answer_correct
 
@@ -65,7 +66,8 @@ def branch_cell(tokens: torch.Tensor, allowed: torch.Tensor, sure: torch.Tensor,
 @torch.no_grad()
 def run_branch(
     model, inputs: torch.Tensor, check, blank: int, candidates, segments: int, branch_segments: int, depth: int,
-    width: int = 64, batch_size: int = 256, autocast: str = "none", ids: torch.Tensor | None = None, **options,
+    width: int = 64, batch_size: int = 256, autocast: str = "none", ids: torch.Tensor | None = None, progress: bool = False,
+    **options,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Branching search on (N, L) puzzles; `candidates` maps (B, L) puzzles to the (B, L,
     V) bool answers each cell may take. Returns answers (N, D+1, L) int64 (at each level,
@@ -81,6 +83,7 @@ def run_branch(
     passed_at = torch.full((n,), depth + 1, dtype=torch.long)
     segment_runs = torch.zeros(n, depth + 1)
     nodes_run = torch.zeros(n, depth + 1)
+    bar = progress_bar(n * (depth + 1), f"branching to depth {depth}", progress, "puzzle-level")  # every puzzle passes every level
     for begin in range(0, n, batch_size):
         puzzles = inputs[begin : begin + batch_size].to(device)  # (b, L)
         owner = torch.arange(puzzles.shape[0], device=device)  # (m,) each node's puzzle (chunk index)
@@ -89,7 +92,9 @@ def run_branch(
         allowed = candidates(puzzles).to(device)  # (m, L, V) the answers each node's cells may take (never the blank)
         for level in range(depth + 1):
             steps = segments if level == 0 else branch_segments
+            bar.set_postfix(level=level, nodes=len(owner))
             logits, state = _run_nodes(model, tokens, state, owner, ids, begin, steps, batch_size, autocast, options)
+            bar.update(puzzles.shape[0])
             pred = logits.argmax(-1)  # (m, L)
             ok = torch.as_tensor(check(puzzles[owner], pred), device=device)  # (m,) bool
             node_puzzle = owner.cpu() + begin  # (m,) row in inputs
@@ -128,6 +133,8 @@ def run_branch(
                 break
             owner, tokens, path, allowed = owner[parent[keep]], child[keep], child_path[keep], child_allowed[keep]
             state = tuple(s[parent[keep]] for s in state)
+        bar.update(puzzles.shape[0] * (depth - level))  # the levels this chunk skipped
+    bar.close()
     return answers, passed_at, segment_runs, nodes_run
 
 
@@ -163,13 +170,13 @@ def _within_width(owner: torch.Tensor, score: torch.Tensor, width: int) -> torch
 def evaluate_branch(
     model, inputs: torch.Tensor, labels: torch.Tensor, check, blank: int, candidates, segments: int,
     branch_segments: int, depth: int, width: int = 64, batch_size: int = 256, autocast: str = "none",
-    ids: torch.Tensor | None = None, calls_per_segment: int | None = None, **options,
+    ids: torch.Tensor | None = None, calls_per_segment: int | None = None, progress: bool = False, **options,
 ) -> BranchResult:
     """Exact accuracy, share passed, segment-runs and nodes for every depth limit 0..D."""
     was_training = model.training
     model.eval()
     answers, passed_at, runs, nodes = run_branch(model, inputs, check, blank, candidates, segments, branch_segments, depth,
-                                                 width, batch_size, autocast, ids, **options)
+                                                 width, batch_size, autocast, ids, progress, **options)
     model.train(was_training)
     correct = answer_correct(answers, labels.cpu()[:, None, :])  # (N, D+1)
     accuracy, passed, segment_runs, nodes_per = [], [], [], []

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ponder.eval.evaluate import progress_bar
 from ponder.eval.stopping import first_true
 from ponder.models.driver import think
 from ponder.train.losses import answer_correct
@@ -67,7 +68,8 @@ def breadths_up_to(starts: int) -> list[int]:
 @torch.no_grad()
 def run_starts(
     model, inputs: torch.Tensor, segments: int, starts: int, init_noise: float, langevin: float = 0.0,
-    batch_size: int = 256, autocast: str = "none", ids: torch.Tensor | None = None, seed: int = 0, **options,
+    batch_size: int = 256, autocast: str = "none", ids: torch.Tensor | None = None, seed: int = 0, progress: bool = False,
+    **options,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run every (N, L) puzzle from `starts` initial states for `segments` segments.
 
@@ -82,6 +84,7 @@ def run_starts(
     gen = torch.Generator().manual_seed(seed)
     per_chunk = max(1, batch_size // starts)  # puzzles per forward pass: per_chunk x K rows
     preds, residuals, halts = [], [], []
+    bar = progress_bar(inputs.shape[0], f"breadth, {starts} starts x {segments} segments", progress)
     for begin in range(0, inputs.shape[0], per_chunk):
         tokens = inputs[begin : begin + per_chunk].to(device).repeat_interleave(starts, dim=0)  # (b K, L)
         puzzle_ids = None if ids is None else ids[begin : begin + per_chunk].to(device).repeat_interleave(starts)
@@ -105,6 +108,8 @@ def run_starts(
         preds.append(torch.stack(seg_preds, dim=1).view(b, starts, segments, -1))
         residuals.append(torch.stack(seg_res, dim=1).view(b, starts, segments))
         halts.append(torch.stack(seg_halts, dim=1).view(b, starts, segments))
+        bar.update(b)
+    bar.close()
     return torch.cat(preds), torch.cat(residuals), torch.cat(halts)
 
 
@@ -154,7 +159,7 @@ def select(preds: torch.Tensor, residuals: torch.Tensor, rule: str) -> torch.Ten
 def evaluate_breadth(
     model, inputs: torch.Tensor, labels: torch.Tensor, segments: int, starts: int, init_noise: float = 0.5,
     langevin: float = 0.0, batch_size: int = 256, autocast: str = "none", ids: torch.Tensor | None = None, seed: int = 0,
-    calls_per_segment: int | None = None, check=None, **options,
+    calls_per_segment: int | None = None, check=None, progress: bool = False, **options,
 ) -> BreadthResult:
     """Exact accuracy of (N, L) `labels` for every segment 1..S, breadth k in
     `breadths_up_to(starts)` and selection rule in RULES. `calls_per_segment`: network
@@ -163,7 +168,8 @@ def evaluate_breadth(
     (without it that rule is left out); `options` go to every model call."""
     was_training = model.training
     model.eval()
-    preds, residuals, halts = run_starts(model, inputs, segments, starts, init_noise, langevin, batch_size, autocast, ids, seed, **options)
+    preds, residuals, halts = run_starts(model, inputs, segments, starts, init_noise, langevin, batch_size, autocast, ids, seed,
+                                         progress, **options)
     model.train(was_training)
     correct = answer_correct(preds, labels.cpu()[:, None, None, :])  # (N, K, S)
     ks = breadths_up_to(starts)

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ponder.eval.breadth import breadths_up_to
+from ponder.eval.evaluate import progress_bar
 from ponder.models.driver import think
 from ponder.train.losses import answer_correct
 
@@ -71,7 +72,7 @@ def contradicted(tokens: torch.Tensor, allowed: torch.Tensor, blank: int) -> tor
 def run_commit(
     model, inputs: torch.Tensor, check, blank: int, segments: int, per_round: int, rounds: int, starts: int = 1,
     init_noise: float = 0.5, restart: bool = False, batch_size: int = 256, autocast: str = "none",
-    ids: torch.Tensor | None = None, seed: int = 0, candidates=None, **options,
+    ids: torch.Tensor | None = None, seed: int = 0, candidates=None, progress: bool = False, **options,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Commit decoding of (N, L) puzzles from `starts` starting states; `candidates`
     ((B, L) puzzles -> (B, L, V) bool, optional) restricts the commits.
@@ -87,6 +88,7 @@ def run_commit(
     gen = torch.Generator().manual_seed(seed)
     per_chunk = max(1, batch_size // starts)
     answers, passed_at, puzzles, rounds_run = [], [], [], []
+    bar = progress_bar(inputs.shape[0], f"commitment, {starts} starts", progress, "puzzle")
     for begin in range(0, inputs.shape[0], per_chunk):
         original = inputs[begin : begin + per_chunk].to(device).repeat_interleave(starts, dim=0)  # (b K, L)
         puzzle_ids = None if ids is None else ids[begin : begin + per_chunk].to(device).repeat_interleave(starts)
@@ -136,13 +138,16 @@ def run_commit(
         passed_at.append(when.view(b, starts).cpu())
         puzzles.append(tokens.view(b, starts, -1).cpu())
         rounds_run.append(ran.view(b, starts).cpu())
+        bar.update(b)
+    bar.close()
     return torch.cat(answers), torch.cat(passed_at), torch.cat(puzzles), torch.cat(rounds_run)
 
 
 def evaluate_commit(
     model, inputs: torch.Tensor, labels: torch.Tensor, check, blank: int, segments: int, per_round: int, rounds: int,
     starts: int = 1, init_noise: float = 0.5, restart: bool = False, batch_size: int = 256, autocast: str = "none",
-    ids: torch.Tensor | None = None, seed: int = 0, calls_per_segment: int | None = None, candidates=None, **options,
+    ids: torch.Tensor | None = None, seed: int = 0, calls_per_segment: int | None = None, candidates=None,
+    progress: bool = False, **options,
 ) -> CommitResult:
     """Exact accuracy of commit decoding for every round limit 1..R and breadth k in
     `breadths_up_to(starts)`: the answer of the first start to pass the check (lowest
@@ -151,7 +156,7 @@ def evaluate_commit(
     was_training = model.training
     model.eval()
     answers, passed_at, filled, ran = run_commit(model, inputs, check, blank, segments, per_round, rounds, starts, init_noise,
-                                    restart, batch_size, autocast, ids, seed, candidates, **options)
+                                    restart, batch_size, autocast, ids, seed, candidates, progress, **options)
     model.train(was_training)
     correct = answer_correct(answers, labels.cpu()[:, None, None, :])  # (N, K, R)
     rows = torch.arange(answers.shape[0])

@@ -58,18 +58,23 @@ def run_segments(
     probability over positions (N, S)."""
     device = next(model.parameters()).device
     parts = []
-    starts = range(0, inputs.shape[0], batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc=f"evaluating {inputs.shape[0]} examples x {segments} segments", unit="batch", leave=False)
-    for start in starts:
+    bar = progress_bar(inputs.shape[0], f"evaluating {inputs.shape[0]} examples x {segments} segments", progress)
+    for start in range(0, inputs.shape[0], batch_size):
         tokens = inputs[start : start + batch_size].to(device)
         puzzle_ids = None if ids is None else ids[start : start + batch_size].to(device)
         record = [(seg.out.logits.argmax(-1), seg.out.halt_logits.float(), seg.change, least_confidence(seg.out.logits))
                   for seg in think(model, tokens, segments, ids=puzzle_ids, measure_change=True, autocast=autocast, **options)]
         parts.append(SegmentRecord(*(torch.stack(fields, dim=1).cpu() for fields in zip(*record))))
+        bar.update(tokens.shape[0])
+    bar.close()
     return SegmentRecord.cat(parts)
+
+
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "example"):
+    """A tqdm bar on stderr when `enabled` (it vanishes when done), else one that does nothing."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not enabled)
 
 
 @torch.no_grad()

@@ -28,6 +28,12 @@ minimal puzzles), scored on the hardest published puzzles (`sudoku-hard-test`).
         model is from solving once a few cells are right (what `ponder eval --branch`
         searches for without labels)
 
+    python benchmarks/hard_sudoku.py seeds EVAL.json EVAL.json ... [--depths 0 5 8 9]
+        the branching table over training seeds: each file is one seed's
+        `ponder eval --branch D --json` output (same settings, same puzzles); exact
+        accuracy per seed and its mean ± standard deviation, and the mean segment-runs
+        per puzzle, by depth limit
+
 Nothing here trains on a test file: training data are generated (`task.max_blanks`).
 """
 
@@ -167,6 +173,39 @@ def hint_curve(run: Path, data: Path, given: list[int], segments: int, seed: int
     return curve
 
 
+SAME_SETTINGS = ("n", "segments", "branch_segments", "depth", "width")  # what every seed's branching run must share
+
+
+def seeds_table(paths: list[Path], depths: list[int] | None = None) -> str:
+    """Markdown: exact accuracy by depth limit for each seed's branching evaluation, the
+    mean ± sample standard deviation over seeds, and the mean segment-runs per puzzle."""
+    import statistics
+
+    runs = []
+    for path in paths:
+        try:
+            branch = json.loads(Path(path).read_text())["branch"]
+            runs.append({key: branch[key] for key in (*SAME_SETTINGS, "accuracy", "segment_runs")})
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"{path}: expected the JSON of 'ponder eval --branch D --json' ({type(e).__name__}: {e})")
+    for path, run in zip(paths[1:], runs[1:]):
+        differ = [key for key in SAME_SETTINGS if run[key] != runs[0][key]]
+        if differ:
+            raise SystemExit(f"{path}: {', '.join(f'{k} {run[k]}' for k in differ)}; {paths[0]} has "
+                             f"{', '.join(f'{k} {runs[0][k]}' for k in differ)}: the seeds must share their settings")
+    depths = list(range(runs[0]["depth"] + 1)) if depths is None else depths
+    if not depths or max(depths) > runs[0]["depth"] or min(depths) < 0:
+        raise SystemExit(f"--depths: expected limits within 0..{runs[0]['depth']}, got {depths}")
+    lines = ["| depth limit | " + " | ".join(Path(p).stem for p in paths) + " | mean ± std | segment-runs per puzzle (mean) |",
+             "|---" * (len(runs) + 3) + "|"]
+    for d in depths:
+        accs = [run["accuracy"][d] for run in runs]
+        spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        lines.append(f"| {d} | " + " | ".join(f"{a:.1%}" for a in accs)
+                     + f" | {statistics.mean(accs):.1%} ± {spread:.1%} | {statistics.mean(r['segment_runs'][d] for r in runs):.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -190,8 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--data", type=Path, required=True, help="a puzzle file with solutions (one puzzle per line or a CSV)")
     h.add_argument("--given", type=int, nargs="+", default=[0, 1, 3, 5, 10])
     h.add_argument("--segments", type=int, default=8)
+    e = sub.add_parser("seeds")
+    e.add_argument("evals", type=Path, nargs="+", help="one 'ponder eval --branch D --json' output per training seed")
+    e.add_argument("--depths", type=int, nargs="+", help="depth limits to show (default: all)")
     args = parser.parse_args(argv)
-    if args.verb == "hints":
+    if args.verb == "seeds":
+        print(seeds_table(args.evals, args.depths))
+    elif args.verb == "hints":
         curve = hint_curve(args.run, args.data, args.given, args.segments)
         print("| right cells given | " + " | ".join(str(k) for k in curve) + " |")
         print("|---" * (len(curve) + 1) + "|")

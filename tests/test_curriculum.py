@@ -223,3 +223,33 @@ def test_hints_write_k_right_digits_into_blank_cells(tmp_path):
     (tmp_path / "p.txt").write_text("\n".join(sudoku.format_grid(p) for p in puzzles.numpy()) + "\n")
     curve = hard_sudoku.hint_curve(run, tmp_path / "p.txt", [0, 99], segments=2)
     assert list(curve) == [0, 99] and all(0 <= a <= 1 for a in curve.values())
+
+
+def test_seeds_table_means_and_rejects_mismatched_runs(tmp_path):
+    """`benchmarks/hard_sudoku.py seeds`: per-seed accuracy, mean ± sample std and mean
+    segment-runs by depth limit; runs with other settings or other files are refused."""
+    import json
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import hard_sudoku
+
+    def write(name, accuracy, runs, **settings):
+        branch = {"n": 100, "segments": 8, "branch_segments": 2, "depth": 2, "width": 64, "accuracy": accuracy, "segment_runs": runs}
+        (tmp_path / name).write_text(json.dumps({"exact_accuracy": accuracy[0], "branch": {**branch, **settings}}))
+        return tmp_path / name
+
+    a = write("s0.json", [0.01, 0.20, 0.50], [8.0, 20.0, 40.0])
+    b = write("s1.json", [0.03, 0.30, 0.60], [8.0, 22.0, 44.0])
+    table = hard_sudoku.seeds_table([a, b], depths=[0, 2])
+    assert table.splitlines()[0] == "| depth limit | s0 | s1 | mean ± std | segment-runs per puzzle (mean) |"
+    assert table.splitlines()[2:] == ["| 0 | 1.0% | 3.0% | 2.0% ± 1.4% | 8.0 |", "| 2 | 50.0% | 60.0% | 55.0% ± 7.1% | 42.0 |"]
+    with pytest.raises(SystemExit, match="s2.json: branch_segments 4; .*s0.json has branch_segments 2"):
+        hard_sudoku.seeds_table([a, write("s2.json", [0.0] * 3, [8.0] * 3, branch_segments=4)])
+    (tmp_path / "plain.json").write_text(json.dumps({"exact_accuracy": 0.1}))
+    with pytest.raises(SystemExit, match="plain.json: expected the JSON of 'ponder eval --branch D --json'"):
+        hard_sudoku.seeds_table([a, tmp_path / "plain.json"])
+    with pytest.raises(SystemExit, match="--depths: expected limits within 0..2"):
+        hard_sudoku.seeds_table([a, b], depths=[3])
